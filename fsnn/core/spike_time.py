@@ -1,0 +1,346 @@
+r"""Exact first-spike times of a layer of LIF neurons, with exact gradients.
+
+Algorithm (one sample, one layer; Göltz et al. 2021, Methods, made O(n_in n_out)):
+
+1. Sort the inputs once. For every prefix ``k`` of the sorted inputs keep, relative to the prefix's
+   own last input time ``t_k`` (so nothing overflows, whatever the times),
+
+   .. math:: B_k = \sum_{i\le k} w_i e^{-(t_k-t_i)/\tau_s}, \qquad
+             D_k = \sum_{i\le k} w_i \kappa(t_k - t_i) = C\,(V(t_k) - E_\ell).
+
+   Both follow from a linear recurrence (an affine map per input), evaluated with
+   `jax.lax.associative_scan`: O(n_in n_out) work, no ``n_in x n_in`` mask. On the prefix's
+   interval ``t_k + x``, ``x in [0, t_{k+1} - t_k]``,
+   :math:`U(x) = C(V - E_\ell) = D_k e^{-x/\tau_m} + B_k \kappa(x)`.
+2. ``U`` has at most one stationary point, a maximum, at (stable for every ``tau_m/tau_s``)
+   :math:`x^* = \tau_s\,\psi(\tau_s/\tau_m - 1) - (D_k/B_k)\,\psi(D_k\delta/B_k)`,
+   :math:`\psi(y) = \log(1+y)/y`. The prefix holds the first spike iff ``U`` at ``x*`` clipped to the
+   interval reaches ``C (theta - E_l)``; the first such prefix is the causal set. No Lambert W per
+   prefix: the closed form (or root solve) runs once per neuron, on the causal prefix.
+3. Solve on ``[0, x_peak]`` where ``U`` is increasing: Lambert W (``tau_m = tau_s``), the quadratic
+   (``tau_m = 2 tau_s``), or a safeguarded Newton-bisection with a fixed count (any ratio).
+4. Gradients come from the implicit-function theorem at the spike, for every solver:
+   :math:`dT = -(\partial V/\partial\theta \cdot d\theta) / (\partial V / \partial t)` with the exact
+   membrane (`fsnn.core.neuron.membrane_potential`), through `jax.custom_jvp` (forward and reverse
+   mode). Silent neurons (``T = inf``) get zero gradient. The slope is floored at
+   ``sqrt(eps) (theta - E_l) / tau_s`` so that a membrane that only touches threshold gives a large
+   but finite gradient instead of ``inf``/``nan``.
+
+Conventions: ``inf`` marks a silent input or output; a ``nan`` input time is treated as silent
+(``inf``): it contributes nothing and receives zero gradient.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float
+
+from fsnn.core.lambertw import lambertw
+from fsnn.core.neuron import LIFParams, expm1_ratio, log1p_ratio, psp_kernel
+
+__all__ = ["SOLVERS", "resolve_solver", "layer_spike_times", "first_spike_time", "layer_membrane"]
+
+Solver = Literal["auto", "lambertw", "quadratic", "root"]
+SOLVERS = ("lambertw", "quadratic", "root")
+
+
+def _concrete(x) -> np.ndarray | None:
+    """The value of ``x`` as a NumPy array, or ``None`` if it is traced."""
+    try:
+        return np.asarray(x)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def resolve_solver(params: LIFParams, solver: Solver = "auto") -> str:
+    """The solver to use for ``params``; validates concrete parameter values.
+
+    ``"auto"`` picks ``"lambertw"`` when ``tau_m == tau_s`` everywhere, ``"quadratic"`` when
+    ``tau_m == 2 tau_s`` everywhere and ``"root"`` otherwise; it needs concrete (not traced) time
+    constants. Closed-form solvers are checked against concrete parameters.
+    """
+    if solver not in ("auto", *SOLVERS):
+        raise ValueError(f"`solver` must be one of 'auto', {', '.join(map(repr, SOLVERS))}; got {solver!r}.")
+    tau_m, tau_s = _concrete(params.tau_m), _concrete(params.tau_s)
+    theta, e_leak = _concrete(params.threshold), _concrete(params.e_leak)
+    for name, val in (("tau_m", tau_m), ("tau_s", tau_s), ("g_leak", _concrete(params.g_leak))):
+        if val is not None and not np.all(val > 0):
+            raise ValueError(f"`params.{name}` must be > 0; got {val}.")
+    if theta is not None and e_leak is not None and not np.all(theta > e_leak):
+        raise ValueError(f"`params.threshold` must exceed `params.e_leak`; got {theta} and {e_leak}.")
+    if tau_m is None or tau_s is None:
+        if solver == "auto":
+            raise ValueError(
+                "`solver='auto'` needs concrete `tau_m` and `tau_s`, but they are traced (e.g. "
+                "trainable or passed through jit). Pass `solver='root'` (any ratio), or "
+                "'lambertw' (tau_m == tau_s) / 'quadratic' (tau_m == 2 tau_s) if that holds."
+            )
+        return solver
+    ratio_one, ratio_two = np.all(tau_m == tau_s), np.all(tau_m == 2 * tau_s)
+    if solver == "auto":
+        return "lambertw" if ratio_one else "quadratic" if ratio_two else "root"
+    if solver == "lambertw" and not ratio_one:
+        raise ValueError("`solver='lambertw'` needs tau_m == tau_s; use solver='root' or 'auto'.")
+    if solver == "quadratic" and not ratio_two:
+        raise ValueError("`solver='quadratic'` needs tau_m == 2 * tau_s; use solver='root' or 'auto'.")
+    return solver
+
+
+def _row(x: Array) -> Array:
+    """A per-neuron parameter as a row broadcastable against ``[n_in, n_out]``."""
+    return x if x.ndim == 0 else x[None, :]
+
+
+def _scaled_u(x, b, d, tau_m, tau_s):
+    """``U(x) = D e^{-x/tau_m} + B kappa(x)`` and its slope ``B e^{-x/tau_s} - U/tau_m``."""
+    u = d * jnp.exp(-x / tau_m) + b * psp_kernel(x, tau_m, tau_s)
+    return u, b * jnp.exp(-x / tau_s) - u / tau_m
+
+
+def _peak(solver, big_b, big_d, span, tau_m, tau_s):
+    """Where ``U`` stops rising on ``[0, span]`` and ``U`` there (``U -> 0`` as ``x -> inf``).
+
+    The place is returned in the solver's own variable: ``x`` for ``lambertw`` and ``root``,
+    ``q = exp(-x / tau_m)`` for ``quadratic``. The closed-form ratios need one ``exp`` (or none)
+    per neuron and input; the general ratio needs logs too.
+    """
+    b_safe = jnp.where(big_b > 0, big_b, 1.0)  # B <= 0 never crosses: masked by the caller
+    if solver == "lambertw":  # U = e^{-x/tau} (D + B x), maximum at x = tau - D/B
+        x_peak = jnp.clip(tau_s - big_d / b_safe, 0.0, span)
+        return x_peak, jnp.exp(-x_peak / tau_s) * (big_d + big_b * x_peak)
+    if solver == "quadratic":  # U = (D + tau_m B) q - tau_m B q^2, maximum at q = (B + D/tau_m) / 2B
+        q_peak = jnp.clip((big_b + big_d / tau_m) / (2.0 * b_safe), jnp.exp(-span / tau_m), 1.0)
+        return q_peak, (big_d + tau_m * big_b) * q_peak - tau_m * big_b * q_peak * q_peak
+    delta = 1.0 / tau_s - 1.0 / tau_m
+    ratio = big_d * delta / b_safe
+    stationary = (big_b > 0) & (ratio > -1.0)
+    x_star = tau_s * log1p_ratio(tau_s / tau_m - 1.0) - big_d / b_safe * log1p_ratio(jnp.where(stationary, ratio, 0.0))
+    rising = big_b - big_d / tau_m > 0
+    x_star = jnp.where(stationary, x_star, jnp.where(rising, jnp.inf, 0.0))
+    x_peak = jnp.clip(x_star, 0.0, span)
+    at_inf = jnp.isinf(x_peak)
+    u_peak, _ = _scaled_u(jnp.where(at_inf, 0.0, x_peak), big_b, big_d, tau_m, tau_s)
+    return x_peak, jnp.where(at_inf, 0.0, u_peak)
+
+
+def _causal_prefix(solver, ts, ws, tau_m, tau_s, theta_c):
+    """Scan the sorted inputs once; return the first prefix whose interval holds a crossing.
+
+    Carries ``B, D`` of the current prefix (relative to its last input) and the data of the first
+    crossing prefix, so memory is O(n_out) per sample whatever ``n_in``.
+    """
+    finite = jnp.isfinite(ts)
+    gap = jnp.concatenate([jnp.zeros_like(ts[:1]), ts[1:] - ts[:-1]])
+    gap = jnp.where(finite, gap, 0.0)
+    span = jnp.concatenate([jnp.where(finite[1:], ts[1:] - ts[:-1], jnp.inf), jnp.full_like(ts[:1], jnp.inf)])
+    delta = 1.0 / tau_s - 1.0 / tau_m
+    n_out = ws.shape[1]
+    zeros = jnp.zeros((n_out,), ws.dtype)
+
+    def step(carry, inputs):
+        big_b, big_d, fired, t_k, b_k, d_k, x_k = carry
+        t, g, sp, fin, w = inputs
+        alpha = jnp.exp(-g / tau_s)
+        big_b, big_d = (
+            alpha * big_b + jnp.where(fin, w, 0.0),
+            jnp.exp(-g / tau_m) * big_d + g * alpha * expm1_ratio(g * delta) * big_b,
+        )
+        x_peak, u_peak = _peak(solver, big_b, big_d, sp, tau_m, tau_s)
+        new = fin & ~fired & (big_b > 0) & (u_peak >= theta_c)
+        carry = (
+            big_b,
+            big_d,
+            fired | new,
+            jnp.where(new, t, t_k),
+            jnp.where(new, big_b, b_k),
+            jnp.where(new, big_d, d_k),
+            jnp.where(new, x_peak, x_k),
+        )
+        return carry, None
+
+    init = (zeros, zeros, jnp.zeros((n_out,), bool), zeros, zeros, zeros, zeros)
+    (_, _, fired, t_k, b_k, d_k, x_k), _ = jax.lax.scan(step, init, (ts, gap, span, finite, ws))
+    return fired, t_k, b_k, d_k, x_k
+
+
+# Each solver returns the crossing x in [0, peak] (peak in the solver's variable, see `_peak`).
+
+
+def _solve_lambertw(b, d, x_hi, tau_m, tau_s, theta_c):
+    tau = tau_s
+    bt = b * tau
+    log_minus_z = jnp.log(theta_c / bt) - d / bt
+    z = -jnp.exp(jnp.minimum(log_minus_z, -1.0))  # >= -1/e: a crossing exists on this prefix
+    return jnp.clip(-d / b - tau * lambertw(z), 0.0, x_hi)
+
+
+def _solve_quadratic(b, d, q_peak, tau_m, tau_s, theta_c):
+    a1 = tau_m * b
+    a2 = d + a1
+    disc = jnp.maximum(a2 * a2 - 4.0 * a1 * theta_c, 0.0)
+    den = a2 + jnp.sqrt(disc)
+    q = jnp.clip(jnp.where(den > 0, den, 0.0) / (2.0 * a1), q_peak, 1.0)  # larger root = earlier
+    return -tau_m * jnp.log(q)
+
+
+def _solve_root(b, d, x_hi, tau_m, tau_s, theta_c):
+    # U is increasing and concave on [0, x_hi]: Newton from the left never overshoots the root;
+    # a bisection step per iteration keeps the bracket shrinking. Fixed count, never differentiated.
+    steps = 40 if b.dtype == jnp.float64 else 24
+
+    def newton(lo, hi):
+        u, du = _scaled_u(lo, b, d, tau_m, tau_s)
+        du_safe = jnp.where(du > 0, du, 1.0)
+        return jnp.clip(jnp.where(du > 0, lo - (u - theta_c) / du_safe, hi), lo, hi)
+
+    def body(_, bracket):
+        lo, hi = bracket
+        lo = newton(lo, hi)
+        mid = 0.5 * (lo + hi)
+        below = _scaled_u(mid, b, d, tau_m, tau_s)[0] < theta_c
+        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, steps, body, (jnp.zeros_like(x_hi), x_hi))
+    return jnp.clip(newton(lo, hi), 0.0, x_hi)
+
+
+_SOLVE = {"lambertw": _solve_lambertw, "quadratic": _solve_quadratic, "root": _solve_root}
+
+
+def _forward(solver: str, input_times, weights, params: LIFParams):
+    """Spike times without gradients (the custom JVP supplies them)."""
+    if solver == "lambertw":  # the closed forms assume their ratio exactly
+        params = params._replace(tau_m=params.tau_s)
+    elif solver == "quadratic":
+        params = params._replace(tau_m=2.0 * params.tau_s)
+    theta_c = params.capacitance * (params.threshold - params.e_leak)
+    order = jnp.argsort(input_times)
+    ts = input_times[order]
+    fired, t_k, b, d, peak = _causal_prefix(solver, ts, weights[order], params.tau_m, params.tau_s, theta_c)
+    # Neurons without a spike get harmless stand-ins (double-where: no nan anywhere).
+    b = jnp.where(fired, b, 1.0)
+    d = jnp.where(fired, d, 0.0)
+    peak = jnp.where(fired, peak, 1.0)
+    x = _SOLVE[solver](b, d, peak, params.tau_m, params.tau_s, theta_c)
+    return jnp.where(fired, t_k + x, jnp.inf)
+
+
+def layer_membrane(
+    t: Float[Array, " n_out"],
+    input_times: Float[Array, " n_in"],
+    weights: Float[Array, "n_in n_out"],
+    params: LIFParams,
+) -> Float[Array, " n_out"]:
+    """Membrane potential of each neuron ``j`` of a layer at its own time ``t[j]``."""
+    s = t[None, :] - input_times[:, None]
+    psp = weights * psp_kernel(s, _row(params.tau_m), _row(params.tau_s))
+    return params.e_leak + jnp.sum(psp, axis=0) / params.capacitance
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _spike_times(solver: str, input_times, weights, params):
+    return _forward(solver, input_times, weights, params)
+
+
+@_spike_times.defjvp
+def _spike_times_jvp(solver, primals, tangents):
+    input_times, weights, params = primals
+    t_out = _spike_times(solver, input_times, weights, params)
+    fired = jnp.isfinite(t_out)
+    t_safe = jnp.where(fired, t_out, 0.0)
+
+    def potential(ti, w, p):
+        return layer_membrane(t_safe, ti, w, p)
+
+    # F(T, theta) = V(T) - threshold = 0  =>  dT = -(dV - d threshold) / (dV/dT).
+    _, dv = jax.jvp(potential, primals, tangents)
+    dv = dv - tangents[2].threshold
+    _, slope = jax.jvp(lambda t: layer_membrane(t, input_times, weights, params), (t_safe,), (jnp.ones_like(t_safe),))
+    eps = jnp.finfo(t_out.dtype).eps
+    floor = jnp.sqrt(eps) * (params.threshold - params.e_leak) / params.tau_s
+    dt = -dv / jnp.maximum(slope, floor)
+    return t_out, jnp.where(fired, dt, 0.0)
+
+
+def layer_spike_times(
+    input_times: Float[ArrayLike, " n_in"],
+    weights: Float[ArrayLike, "n_in n_out"],
+    params: LIFParams = LIFParams(),
+    *,
+    solver: Solver = "auto",
+) -> Float[Array, " n_out"]:
+    r"""First spike time of every neuron of a layer, for one sample.
+
+    Args:
+        input_times: presynaptic spike times ``[n_in]``; ``inf`` = silent, ``nan`` treated as silent.
+        weights: ``[n_in, n_out]``.
+        params: `LIFParams` whose fields are scalars or ``[n_out]`` arrays (per neuron).
+        solver: ``"lambertw"`` (tau_m = tau_s), ``"quadratic"`` (tau_m = 2 tau_s), ``"root"`` (any
+            ratio) or ``"auto"`` (picks from concrete parameters; raises if they are traced).
+            Static: it selects code, not values.
+
+    Returns:
+        ``[n_out]`` spike times, ``inf`` where a neuron does not fire. Differentiable (exact
+        gradients, implicit-function theorem) in ``input_times``, ``weights`` and every field of
+        ``params``. For the closed-form solvers the spike time is computed with ``tau_m`` set to
+        ``tau_s`` (``lambertw``) or ``2 tau_s`` (``quadratic``), while gradients are those of the
+        general model at that point, including ``dT/dtau_m``. Batches: ``jax.vmap`` over
+        ``input_times``.
+
+    Example:
+        >>> t = layer_spike_times(jnp.array([0.0, 0.5]), jnp.full((2, 3), 2.0))
+        >>> t.shape
+        (3,)
+    """
+    input_times = jnp.asarray(input_times)
+    weights = jnp.asarray(weights)
+    if input_times.ndim != 1:
+        raise ValueError(
+            f"`input_times` must have shape [n_in] (one sample); got {input_times.shape}. "
+            "Use jax.vmap over the batch axis."
+        )
+    if weights.ndim != 2 or weights.shape[0] != input_times.shape[0]:
+        raise ValueError(
+            f"`weights` must have shape [n_in, n_out] = [{input_times.shape[0]}, n_out]; got {weights.shape}."
+        )
+    dtype = jnp.result_type(input_times, weights)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"`input_times` and `weights` must be floating point; got {dtype}.")
+    n_out = weights.shape[1]
+    for name, value in zip(LIFParams._fields, params):
+        shape = np.shape(value)
+        if shape not in ((), (n_out,)):
+            raise ValueError(f"`params.{name}` must be a scalar or have shape [n_out] = [{n_out}]; got {shape}.")
+    solver = resolve_solver(params, solver)
+    params = params.astype(dtype)
+    input_times = jnp.where(jnp.isnan(input_times), jnp.inf, input_times.astype(dtype))
+    weights = weights.astype(dtype)
+    if input_times.shape[0] == 0:
+        return jnp.full((n_out,), jnp.inf, dtype)
+    return _spike_times(solver, input_times, weights, params)
+
+
+def first_spike_time(
+    input_times: Float[ArrayLike, " n_in"],
+    weights: Float[ArrayLike, " n_in"],
+    params: LIFParams = LIFParams(),
+    *,
+    solver: Solver = "auto",
+) -> Float[Array, ""]:
+    """First spike time of one neuron for one sample (``inf`` if it stays below threshold).
+
+    Same conventions as `layer_spike_times`; ``params`` fields are scalars.
+
+    Example:
+        >>> float(first_spike_time(jnp.array([0.0]), jnp.array([2 * jnp.e])))  # doctest: +ELLIPSIS
+        0.2...
+    """
+    weights = jnp.asarray(weights)
+    if weights.ndim != 1:
+        raise ValueError(f"`weights` must have shape [n_in] for one neuron; got {weights.shape}.")
+    return layer_spike_times(input_times, weights[:, None], params, solver=solver)[0]

@@ -1,0 +1,79 @@
+"""The Yin-Yang dataset (Kriener, Göltz & Petrovici 2021), generated exactly from its seeds.
+
+`yinyang_splits()` reproduces the published train / validation / test arrays bit for bit
+(seeds 42 / 41 / 40, 5000 / 1000 / 1000 samples), so training needs no data files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["Split", "yinyang", "yinyang_splits", "load_published_yinyang", "which_class"]
+
+PUBLISHED = {"train": (5000, 42), "validation": (1000, 41), "test": (1000, 40)}
+
+
+class Split(NamedTuple):
+    """One split: ``samples [n, d]`` (float64) and ``labels [n]`` (int64)."""
+
+    samples: np.ndarray
+    labels: np.ndarray
+
+
+def which_class(x: float, y: float, r_small: float = 0.1, r_big: float = 0.5) -> int:
+    """0 = yin, 1 = yang, 2 = dot, for a point inside the big circle."""
+    d_right = np.sqrt((x - 1.5 * r_big) ** 2 + (y - r_big) ** 2)
+    d_left = np.sqrt((x - 0.5 * r_big) ** 2 + (y - r_big) ** 2)
+    if d_right < r_small or d_left < r_small:
+        return 2
+    is_yang = d_right <= r_small or r_small < d_left <= 0.5 * r_big or (y > r_big and d_right > 0.5 * r_big)
+    return int(is_yang)
+
+
+def yinyang(size: int, seed: int, *, r_small: float = 0.1, r_big: float = 0.5) -> Split:
+    """Generate ``size`` samples ``(x, y, 1 - x, 1 - y)`` with balanced classes by rejection."""
+    if size < 0:
+        raise ValueError(f"`size` must be >= 0; got {size}.")
+    rng = np.random.RandomState(seed)
+    samples = np.empty((size, 4))
+    labels = np.empty(size, np.int64)
+    for n in range(size):
+        goal = rng.randint(3)
+        while True:
+            x, y = rng.rand(2) * 2.0 * r_big
+            if np.sqrt((x - r_big) ** 2 + (y - r_big) ** 2) > r_big:
+                continue
+            c = which_class(x, y, r_small, r_big)
+            if c == goal:
+                break
+        samples[n] = (x, y, 1.0 - x, 1.0 - y)
+        labels[n] = c
+    return Split(samples, labels)
+
+
+def yinyang_splits(sizes: dict[str, int] | None = None) -> dict[str, Split]:
+    """The published splits (or the first ``sizes[name]`` samples of each, for smoke runs)."""
+    out = {}
+    for name, (size, seed) in PUBLISHED.items():
+        n = size if sizes is None else min(size, int(sizes.get(name, size)))
+        out[name] = yinyang(n, seed)
+    return out
+
+
+def load_published_yinyang(directory: str | Path) -> dict[str, Split]:
+    """Read the published ``{split}_samples.npy`` / ``{split}_labels.npy`` arrays."""
+    directory = Path(directory)
+    out = {}
+    for name in PUBLISHED:
+        files = [directory / f"{name}_samples.npy", directory / f"{name}_labels.npy"]
+        for f in files:
+            if not f.is_file():
+                raise FileNotFoundError(
+                    f"Yin-Yang file {f} is missing. Point to the folder with the published arrays "
+                    "(e.g. $FSNN_DATA_DIR/yinyang), or use `yinyang_splits()`, which needs no files."
+                )
+        out[name] = Split(np.load(files[0]), np.load(files[1]))
+    return out

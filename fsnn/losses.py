@@ -1,0 +1,62 @@
+r"""Losses and decoding on output spike times (one sample; vmap for batches).
+
+Göltz et al. (2021), eq. 8: with the label neuron :math:`n^*` and times in units of ``tau_s``,
+
+.. math:: L = -\log \frac{e^{-T_{n^*}/\xi}}{\sum_n e^{-T_n/\xi}} + \alpha\, e^{T_{n^*}/\beta}
+
+Silent outputs
+(``T = inf``) contribute ``exp(-inf) = 0`` to the softmax; a sample whose label neuron is silent
+gets the constant loss ``silent_loss`` and no gradient, as in the reference implementation.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
+
+__all__ = ["ttfs_cross_entropy", "mse_spike_time", "first_spike_decision", "is_correct"]
+
+
+def ttfs_cross_entropy(
+    times: Float[Array, " n_out"],
+    label: Int[Array, ""],
+    *,
+    xi: float = 0.2,
+    alpha: float = 0.005,
+    beta: float = 1.0,
+    silent_loss: float = 10.0,
+) -> Float[Array, ""]:
+    """Cross-entropy of ``softmax(-T / xi)`` plus ``alpha exp(T_label / beta)``."""
+    t_label = times[label]
+    ok = jnp.isfinite(t_label)
+    # Silent outputs give logits -inf (probability 0); if the label is silent, all-zero stand-ins
+    # keep log_softmax away from nan and the result is replaced by the constant anyway.
+    logits = -jnp.where(ok, times, 0.0) / xi
+    log_p = jax.nn.log_softmax(logits)[label]
+    reg = alpha * jnp.exp(jnp.where(ok, t_label, 0.0) / beta)
+    return jnp.where(ok, -log_p + reg, jnp.asarray(silent_loss, times.dtype))
+
+
+def mse_spike_time(
+    times: Float[Array, " n_out"],
+    label: Int[Array, ""],
+    *,
+    t_correct: float = 1.5,
+    t_wrong: float = 2.5,
+    t_silent: float = 4.0,
+) -> Float[Array, ""]:
+    """Mean squared distance to target times (label early, others late); silent counts as ``t_silent``."""
+    target = jnp.where(jnp.arange(times.shape[0]) == label, t_correct, t_wrong).astype(times.dtype)
+    clipped = jnp.where(jnp.isfinite(times), times, t_silent)
+    return jnp.mean((clipped - target) ** 2)
+
+
+def first_spike_decision(times: Float[Array, " n_out"]) -> Int[Array, ""]:
+    """Index of the first output spike; ``-1`` when all outputs are silent."""
+    return jnp.where(jnp.any(jnp.isfinite(times)), jnp.argmin(times), -1)
+
+
+def is_correct(times: Float[Array, " n_out"], label: Int[Array, ""]) -> Array:
+    """Whether the first spike is the label neuron's (all silent counts as wrong)."""
+    return first_spike_decision(times) == label

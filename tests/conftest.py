@@ -1,0 +1,28 @@
+"""Strict numerics for every test: float64 available, no silent dtype or rank promotion."""
+
+import os
+from pathlib import Path
+
+import jax
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """The offline data folder: ``$FSNN_DATA_DIR``, set by `.ci/run` to ``../shared/data``."""
+    value = os.environ.get("FSNN_DATA_DIR")
+    if not value:
+        raise RuntimeError(
+            "FSNN_DATA_DIR is not set: point it at the folder holding mnist/, fashion_mnist/ and "
+            "yinyang/ (in this repository's CI: ../shared/data), e.g. `export FSNN_DATA_DIR=../shared/data`."
+        )
+    path = Path(value)
+    if not path.is_dir():
+        raise RuntimeError(f"FSNN_DATA_DIR={value} is not a directory.")
+    return path
