@@ -47,16 +47,19 @@ def mse_spike_time(
     t_silent: float = 4.0,
 ) -> Float[Array, ""]:
     """Mean squared distance to target times (label early, others late); silent counts as ``t_silent``."""
-    target = jnp.where(jnp.arange(times.shape[0]) == label, t_correct, t_wrong).astype(times.dtype)
+    target = jnp.where(
+        jnp.arange(times.shape[0], dtype=jnp.int32) == jnp.asarray(label).astype(jnp.int32), t_correct, t_wrong
+    )
+    target = target.astype(times.dtype)
     clipped = jnp.where(jnp.isfinite(times), times, t_silent)
     return jnp.mean((clipped - target) ** 2)
 
 
 def first_spike_decision(times: Float[Array, " n_out"]) -> Int[Array, ""]:
     """Index of the first output spike; ``-1`` when all outputs are silent."""
-    return jnp.where(jnp.any(jnp.isfinite(times)), jnp.argmin(times), -1)
+    return jnp.where(jnp.any(jnp.isfinite(times)), jnp.argmin(times).astype(jnp.int32), jnp.int32(-1))
 
 
 def is_correct(times: Float[Array, " n_out"], label: Int[Array, ""]) -> Array:
     """Whether the first spike is the label neuron's (all silent counts as wrong)."""
-    return first_spike_decision(times) == label
+    return first_spike_decision(times) == jnp.asarray(label).astype(jnp.int32)

@@ -1,0 +1,83 @@
+"""Command line: ``fsnn train``, ``fsnn eval``. Thin: parsing and printing only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _parse_sets(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value; got {item!r}.")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _train(args) -> int:
+    from fsnn.train.config import apply_overrides, load_config
+
+    config = load_config(args.experiment, smoke=args.smoke)
+    overrides = _parse_sets(args.set)
+    if args.seed is not None:
+        overrides["seed"] = str(args.seed)
+    if args.epochs is not None:
+        overrides["epochs"] = str(args.epochs)
+    config = apply_overrides(config, overrides)  # validated here, before anything compiles
+    workdir = Path(args.workdir or f"runs/{config.name}-seed{config.seed}")
+
+    from fsnn.train.loop import train_and_evaluate
+
+    results = train_and_evaluate(config, workdir, resume=args.resume, quiet=args.quiet)
+    print(
+        f"{config.name}: test accuracy {results['test_accuracy']:.4f}, best validation "
+        f"{results['best_val_accuracy']:.4f}, {results['epochs']} epochs in {results['train_seconds']:.1f} s "
+        f"-> {workdir}"
+    )
+    return 0
+
+
+def _eval(args) -> int:
+    from fsnn.train.loop import evaluate_run
+
+    results = evaluate_run(Path(args.workdir))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fsnn", description="Single-spike networks with exact spike-time gradients.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train an experiment config")
+    train.add_argument("experiment", help="a config name under experiments/ (e.g. yinyang) or a path to a .py file")
+    train.add_argument("--workdir", help="where config, metrics, checkpoints and results go")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    train.add_argument("--resume", action="store_true", help="continue the run in --workdir from its last checkpoint")
+    train.add_argument("--smoke", action="store_true", help="use the experiment's small smoke config")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=_train)
+    ev = sub.add_parser("eval", help="re-evaluate a saved run on its validation and test sets")
+    ev.add_argument("workdir")
+    ev.set_defaults(func=_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"fsnn: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Flax nnx modules: hold parameters, call the pure core. One sample per call; vmap for batches.
+
+Example:
+    >>> from flax import nnx
+    >>> net = SpikingNetwork(4, (120, 3), init=((1.5, 0.8), (0.5, 0.8)), rngs=nnx.Rngs(0))
+    >>> times = net(jnp.array([0.2, 0.5, 1.0, 1.7]))  # spike times of every layer
+    >>> [t.shape for t in times]
+    [(120,), (3,)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Float
+
+from fsnn.core.neuron import LIFParams
+from fsnn.core.spike_time import layer_spike_times, resolve_solver
+
+__all__ = ["SpikingDense", "SpikingNetwork", "batched"]
+
+NEURON_FIELDS = LIFParams._fields
+
+
+class SpikingDense(nnx.Module):
+    """A dense layer of single-spike LIF neurons with optional bias spikes.
+
+    Args:
+        in_features: number of input spike trains (without bias spikes).
+        out_features: number of neurons.
+        init_mean, init_std: the kernel (bias rows included) is drawn from N(mean, std²).
+        bias_times: fixed times of bias spikes appended to every input (each gets a weight row).
+        neuron: `LIFParams` of the neurons (Python floats).
+        trainable: names of `LIFParams` fields learned with the weights (e.g. ``("threshold",)``).
+        per_neuron: learn one value per neuron instead of one per layer.
+        solver: spike-time solver; ``"auto"`` picks from ``neuron`` (``"root"`` if time constants
+            are trainable).
+        param_dtype: dtype of all parameters.
+        rngs: `nnx.Rngs` with a ``params`` stream.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        init_mean: float,
+        init_std: float,
+        bias_times: Sequence[float] = (),
+        neuron: LIFParams = LIFParams(),
+        trainable: Sequence[str] = (),
+        per_neuron: bool = False,
+        solver: str = "auto",
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        unknown = set(trainable) - set(NEURON_FIELDS)
+        if unknown:
+            raise ValueError(f"`trainable` holds unknown fields {sorted(unknown)}; allowed: {NEURON_FIELDS}.")
+        if in_features < 0 or out_features <= 0:
+            raise ValueError(f"layer sizes must be positive; got in={in_features}, out={out_features}.")
+        self.in_features, self.out_features = in_features, out_features
+        self.bias_times = tuple(float(b) for b in bias_times)
+        n_rows = in_features + len(self.bias_times)
+        self.kernel = nnx.Param(
+            init_mean + init_std * jax.random.normal(rngs.params(), (n_rows, out_features), param_dtype)
+        )
+        shape = (out_features,) if per_neuron else ()
+        self.neuron_fixed = {k: float(v) for k, v in zip(NEURON_FIELDS, neuron) if k not in trainable}
+        self.neuron_learned = nnx.Dict(
+            {k: nnx.Param(jnp.full(shape, float(getattr(neuron, k)), param_dtype)) for k in trainable}
+        )
+        self.solver = (
+            "root" if ({"tau_m", "tau_s"} & set(trainable)) and solver == "auto" else resolve_solver(neuron, solver)
+        )
+
+    @property
+    def neuron(self) -> LIFParams:
+        values = dict(self.neuron_fixed)
+        values.update({k: v[...] for k, v in self.neuron_learned.items()})
+        return LIFParams(**values)
+
+    def __call__(self, input_times: Float[Array, " n_in"]) -> Float[Array, " n_out"]:
+        kernel = self.kernel[...]
+        input_times = jnp.asarray(input_times, kernel.dtype)  # compute in the parameters' dtype
+        if self.bias_times:
+            input_times = jnp.concatenate([input_times, jnp.asarray(self.bias_times, input_times.dtype)])
+        return layer_spike_times(input_times, kernel, self.neuron, solver=self.solver)
+
+
+class SpikingNetwork(nnx.Module):
+    """A stack of `SpikingDense` layers; returns the spike times of every layer (one sample).
+
+    Args:
+        in_features: input size (without bias spikes).
+        sizes: neurons per layer, the last being the output layer.
+        init: ``(mean, std)`` of the initial weights, one pair per layer.
+        bias_times: bias-spike times appended to the input of every layer.
+        Other keyword arguments are passed to every `SpikingDense`.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        sizes: Sequence[int],
+        *,
+        init: Sequence[tuple[float, float]],
+        bias_times: Sequence[float] = (0.9,),
+        rngs: nnx.Rngs,
+        **layer_kwargs,
+    ):
+        if len(init) != len(sizes):
+            raise ValueError(f"`init` needs one (mean, std) pair per layer ({len(sizes)}); got {len(init)}.")
+        fan_in = [in_features, *sizes[:-1]]
+        self.layers = nnx.List(
+            [
+                SpikingDense(n_in, n_out, init_mean=m, init_std=s, bias_times=bias_times, rngs=rngs, **layer_kwargs)
+                for n_in, n_out, (m, s) in zip(fan_in, sizes, init)
+            ]
+        )
+
+    def __call__(self, input_times: Float[Array, " n_in"]) -> list[Float[Array, " n"]]:
+        out = []
+        for layer in self.layers:
+            input_times = layer(input_times)
+            out.append(input_times)
+        return out
+
+
+def batched(graphdef: nnx.GraphDef, state: nnx.State, input_times: Float[Array, "batch n_in"]) -> list[Array]:
+    """Apply a split model to a batch: the one `jax.vmap` over samples of the library."""
+
+    def one(x):
+        return nnx.merge(graphdef, state)(x)
+
+    return jax.vmap(one)(input_times)

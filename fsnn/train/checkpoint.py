@@ -1,0 +1,42 @@
+"""Orbax checkpoints of the whole training state (parameters, optimizer, bump state, epoch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+import jax
+import orbax.checkpoint as ocp
+
+__all__ = ["save", "restore_latest", "latest_epoch"]
+
+T = TypeVar("T")
+
+
+def _manager(directory: Path) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True, enable_async_checkpointing=False)
+    return ocp.CheckpointManager(Path(directory).resolve(), options=options)
+
+
+def save(directory: Path, state) -> None:
+    """Save ``state`` under its epoch number (``state.epoch``); keeps the two latest."""
+    epoch = int(state.epoch)
+    with _manager(directory) as manager:
+        if epoch not in manager.all_steps():
+            manager.save(epoch, args=ocp.args.StandardSave(state))
+        manager.wait_until_finished()
+
+
+def latest_epoch(directory: Path) -> int | None:
+    with _manager(directory) as manager:
+        return manager.latest_step()
+
+
+def restore_latest(directory: Path, like: T) -> T:
+    """The latest checkpoint, with the structure, shapes and dtypes of ``like``."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    with _manager(directory) as manager:
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {directory}; start without --resume.")
+        return manager.restore(step, args=ocp.args.StandardRestore(abstract))

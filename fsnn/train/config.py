@@ -1,0 +1,243 @@
+"""Experiment configuration: a frozen dataclass, validated before anything is compiled."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib.util
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from fsnn.core.neuron import LIFParams
+
+__all__ = ["Config", "load_config", "apply_overrides", "EXPERIMENTS_DIR"]
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
+DATASETS = ("yinyang",)
+LOSSES = ("ttfs", "mse")
+SOLVERS = ("auto", "lambertw", "quadratic", "root")
+DTYPES = ("float32", "float64")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a run depends on. Times are in units of tau_s. See `experiments/yinyang.py`."""
+
+    name: str = "yinyang"
+    dataset: str = "yinyang"
+    train_size: int = 0  # 0 = the whole split (positive values cut it, for smoke runs)
+    eval_size: int = 0
+    t_early: float = 0.15
+    t_late: float = 2.0
+    # network
+    hidden: tuple[int, ...] = (120,)
+    init: tuple[tuple[float, float], ...] = ((1.5, 0.8), (0.5, 0.8))
+    bias_times: tuple[float, ...] = (0.9,)
+    tau_m: float = 1.0
+    tau_s: float = 1.0
+    threshold: float = 1.0
+    g_leak: float = 1.0
+    e_leak: float = 0.0
+    trainable_neuron: tuple[str, ...] = ()
+    per_neuron: bool = False
+    solver: str = "auto"
+    dtype: str = "float32"
+    # loss
+    loss: str = "ttfs"
+    xi: float = 0.2
+    alpha: float = 0.005
+    beta: float = 1.0
+    silent_loss: float = 10.0
+    mse_targets: tuple[float, float] = (1.5, 2.5)
+    # optimisation
+    learning_rate: float = 0.005
+    lr_step: int = 20
+    lr_gamma: float = 0.95
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    adam_eps: float = 1e-8
+    batch_size: int = 150
+    eval_batch_size: int = 200
+    epochs: int = 300
+    input_noise: float = 0.0
+    # remedies
+    weight_bumping: bool = True
+    bump_value: float = 5e-4
+    max_missing: tuple[float, ...] = (0.3, 0.0)
+    bump_output: str = "label"
+    max_dw_norm: float | None = 0.2
+    # bookkeeping
+    seed: int = 0
+    checkpoint_every: int = 50
+
+    def __post_init__(self):
+        self.validate()
+
+    @property
+    def n_classes(self) -> int:
+        return {"yinyang": 3}[self.dataset]
+
+    @property
+    def n_inputs(self) -> int:
+        return {"yinyang": 4}[self.dataset]
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return (*self.hidden, self.n_classes)
+
+    @property
+    def neuron(self) -> LIFParams:
+        return LIFParams(self.tau_m, self.tau_s, self.threshold, self.g_leak, self.e_leak)
+
+    def validate(self) -> None:
+        """Raise `ValueError` naming the key and the allowed values for anything impossible."""
+
+        def bad(key, why):
+            raise ValueError(f"config key `{key}` {why}")
+
+        for key, allowed in (
+            ("dataset", DATASETS),
+            ("loss", LOSSES),
+            ("solver", SOLVERS),
+            ("dtype", DTYPES),
+            ("bump_output", ("label", "all")),
+        ):
+            if getattr(self, key) not in allowed:
+                bad(key, f"must be one of {allowed}; got {getattr(self, key)!r}.")
+        for key in ("batch_size", "eval_batch_size", "epochs", "lr_step"):
+            if getattr(self, key) < 1:
+                bad(key, f"must be a positive integer; got {getattr(self, key)}.")
+        for key in ("train_size", "eval_size", "checkpoint_every"):
+            if getattr(self, key) < 0:
+                bad(key, f"must be >= 0; got {getattr(self, key)}.")
+        if any(h < 1 for h in self.hidden):
+            bad("hidden", f"sizes must be positive integers; got {self.hidden}.")
+        for key in ("tau_m", "tau_s", "g_leak", "learning_rate", "xi", "beta", "lr_gamma"):
+            if not getattr(self, key) > 0:
+                bad(key, f"must be > 0; got {getattr(self, key)}.")
+        if not self.threshold > self.e_leak:
+            bad("threshold", f"must exceed `e_leak` ({self.e_leak}); got {self.threshold}.")
+        if len(self.init) != len(self.sizes):
+            bad(
+                "init",
+                f"needs one (mean, std) pair per layer, {len(self.sizes)} for sizes {self.sizes}; got {self.init}.",
+            )
+        if any(len(pair) != 2 or pair[1] < 0 for pair in self.init):
+            bad("init", f"entries must be (mean, std >= 0); got {self.init}.")
+        if len(self.max_missing) != len(self.sizes):
+            bad("max_missing", f"needs one fraction per layer ({len(self.sizes)}); got {self.max_missing}.")
+        if any(not 0 <= m <= 1 for m in self.max_missing):
+            bad("max_missing", f"fractions must lie in [0, 1]; got {self.max_missing}.")
+        if self.input_noise < 0:
+            bad("input_noise", f"must be >= 0; got {self.input_noise}.")
+        if self.max_dw_norm is not None and not self.max_dw_norm > 0:
+            bad("max_dw_norm", f"must be > 0 or None (off); got {self.max_dw_norm}.")
+        if not 0 <= self.t_early < self.t_late:
+            bad("t_late", f"must exceed `t_early` >= 0; got {self.t_early}, {self.t_late}.")
+        unknown = set(self.trainable_neuron) - set(LIFParams._fields)
+        if unknown:
+            bad("trainable_neuron", f"holds {sorted(unknown)}; allowed: {LIFParams._fields}.")
+        if self.solver in ("lambertw", "quadratic") and {"tau_m", "tau_s"} & set(self.trainable_neuron):
+            bad("solver", "must be 'root' or 'auto' when time constants are trainable.")
+        ratio = self.tau_m / self.tau_s
+        if self.solver == "lambertw" and ratio != 1:
+            bad("solver", f"'lambertw' needs tau_m == tau_s; got {self.tau_m}, {self.tau_s}. Use 'auto' or 'root'.")
+        if self.solver == "quadratic" and ratio != 2:
+            bad("solver", f"'quadratic' needs tau_m == 2 tau_s; got {self.tau_m}, {self.tau_s}. Use 'auto' or 'root'.")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        return apply_overrides(cls(), values)
+
+
+def _coerce(key: str, raw: Any, annotation: Any) -> Any:
+    """Convert ``raw`` (a string from the command line, or a JSON value) to the field's type."""
+    if isinstance(raw, str):
+        try:
+            parsed = ast.literal_eval(raw)
+            raw = parsed if annotation is not str or isinstance(parsed, str) else raw
+        except (ValueError, SyntaxError):
+            if raw in ("none", "None", "null"):
+                raw = None
+            elif raw in ("true", "false"):
+                raw = raw == "true"
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    try:
+        if annotation is bool:
+            if not isinstance(raw, bool):
+                raise TypeError
+            return raw
+        if annotation is int:
+            if isinstance(raw, bool) or not isinstance(raw, int):
+                raise TypeError
+            return raw
+        if annotation is float:
+            if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+                raise TypeError
+            return float(raw)
+        if annotation is str:
+            if not isinstance(raw, str):
+                raise TypeError
+            return raw
+        if origin in (types.UnionType, typing.Union):  # float | None
+            if raw is None:
+                return None
+            return _coerce(key, raw, next(a for a in args if a is not type(None)))
+        if origin is tuple:
+            if isinstance(raw, (int, float, str)) and not isinstance(raw, bool):
+                raw = (raw,)
+            if not isinstance(raw, (list, tuple)):
+                raise TypeError
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_coerce(key, r, args[0]) for r in raw)
+            if len(raw) != len(args):
+                raise TypeError
+            return tuple(_coerce(key, r, a) for r, a in zip(raw, args))
+    except TypeError:
+        raise ValueError(f"config key `{key}` expects {_describe(annotation)}; got {raw!r}.") from None
+    raise ValueError(f"config key `{key}` has an unsupported type {annotation}.")
+
+
+def _describe(annotation) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+    """A new config with ``overrides`` (strings are parsed); unknown keys list the known ones."""
+    hints = typing.get_type_hints(Config)
+    fields = {f.name for f in dataclasses.fields(Config)}
+    values = {}
+    for key, raw in overrides.items():
+        if key not in fields:
+            raise ValueError(f"unknown config key `{key}`; known keys: {', '.join(sorted(fields))}.")
+        values[key] = _coerce(key, raw, hints[key])
+    return dataclasses.replace(config, **values)
+
+
+def load_config(experiment: str, *, smoke: bool = False) -> Config:
+    """``get_config()`` (or ``get_smoke_config()``) of an experiment name or a Python file path."""
+    path = Path(experiment)
+    if path.suffix != ".py":
+        path = EXPERIMENTS_DIR / f"{experiment}.py"
+    if not path.is_file():
+        known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.py")) if EXPERIMENTS_DIR.is_dir() else []
+        raise ValueError(
+            f"experiment `{experiment}` not found (looked for {path}); known: {', '.join(known) or 'none'}."
+        )
+    spec = importlib.util.spec_from_file_location(f"fsnn_experiment_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    getter = "get_smoke_config" if smoke else "get_config"
+    if not hasattr(module, getter):
+        raise ValueError(f"experiment file {path} defines no `{getter}()`.")
+    config = getattr(module, getter)()
+    if not isinstance(config, Config):
+        raise ValueError(f"`{getter}()` in {path} must return fsnn.train.Config; got {type(config).__name__}.")
+    return config

@@ -1,0 +1,356 @@
+"""Training: one compiled program per epoch (lax.scan over device-resident batches).
+
+`train_and_evaluate(config, workdir)` writes into ``workdir``: ``config.json``, ``metrics.jsonl``
+(one line per epoch), orbax checkpoints under ``checkpoints/`` and ``results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from fsnn.data.yinyang import yinyang_splits
+from fsnn.encoding import add_input_noise, values_to_times
+from fsnn.losses import is_correct, mse_spike_time, ttfs_cross_entropy
+from fsnn.nn import SpikingNetwork
+from fsnn.remedies import BumpState, apply_bump, bump_targets, drop_large_weight_grads
+from fsnn.train import checkpoint
+from fsnn.train.config import Config
+
+__all__ = ["TrainState", "Trainer", "train_and_evaluate", "load_data"]
+
+
+class TrainState(NamedTuple):
+    params: dict
+    opt_state: Any
+    bump: BumpState
+    epoch: jax.Array  # epochs completed
+
+
+def load_data(config: Config) -> dict[str, tuple[jax.Array, jax.Array]]:
+    """Encoded input times ``[n, n_in]`` and labels ``[n]`` per split, on the default device."""
+    dtype = jnp.dtype(config.dtype)
+    sizes = None
+    if config.train_size or config.eval_size:
+        big = 10**9
+        sizes = {
+            "train": config.train_size or big,
+            "validation": config.eval_size or big,
+            "test": config.eval_size or big,
+        }
+    splits = yinyang_splits(sizes)
+    out = {}
+    for name, split in splits.items():
+        times = values_to_times(jnp.asarray(split.samples, dtype), t_early=config.t_early, t_late=config.t_late)
+        out[name] = (times, jnp.asarray(split.labels, jnp.int32))
+    return out
+
+
+def build_model(config: Config) -> SpikingNetwork:
+    return SpikingNetwork(
+        config.n_inputs,
+        config.sizes,
+        init=config.init,
+        bias_times=config.bias_times,
+        neuron=config.neuron,
+        trainable=config.trainable_neuron,
+        per_neuron=config.per_neuron,
+        solver=config.solver,
+        param_dtype=jnp.dtype(config.dtype),
+        rngs=nnx.Rngs(params=config.seed),
+    )
+
+
+def _sample_loss(config: Config):
+    if config.loss == "ttfs":
+        return lambda t, y: ttfs_cross_entropy(
+            t, y, xi=config.xi, alpha=config.alpha, beta=config.beta, silent_loss=config.silent_loss
+        )
+    return lambda t, y: mse_spike_time(t, y, t_correct=config.mse_targets[0], t_wrong=config.mse_targets[1])
+
+
+class Trainer:
+    """Compiled training and evaluation for one config (one compilation per run)."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        model = build_model(config)
+        self.graphdef, state = nnx.split(model)
+        self.init_params = nnx.to_pure_dict(state)
+        self.n_layers = len(config.sizes)
+        self.optimizer = optax.inject_hyperparams(optax.adam)(
+            learning_rate=config.learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps
+        )
+        self.loss_fn = _sample_loss(config)
+        self.train_epoch = jax.jit(self._train_epoch)
+        self.evaluate = jax.jit(self._evaluate)
+
+    def init_state(self) -> TrainState:
+        dtype = jnp.dtype(self.config.dtype)
+        return TrainState(
+            self.init_params,
+            self.optimizer.init(self.init_params),
+            BumpState.initial(self.config.bump_value, dtype),
+            jnp.asarray(0, jnp.int32),
+        )
+
+    def forward(self, params: dict, x: jax.Array) -> list[jax.Array]:
+        """Spike times of every layer for one sample."""
+        return nnx.merge(self.graphdef, params)(x)
+
+    # -- one batch ----------------------------------------------------------------------------
+    def _grads(self, params, x, y, valid):
+        """Loss, per-layer times and gradient of the batch-mean loss (gradient drop applied)."""
+        cfg = self.config
+        n_valid = jnp.maximum(jnp.sum(valid), 1).astype(x.dtype)
+
+        def sample_loss(p, xi, yi, vi):
+            times = self.forward(p, xi)
+            return jnp.where(vi, self.loss_fn(times[-1], yi), 0.0) / n_valid, times
+
+        if cfg.max_dw_norm is None:
+
+            def batch_loss(p):
+                losses, times = jax.vmap(sample_loss, in_axes=(None, 0, 0, 0))(p, x, y, valid)
+                return jnp.sum(losses), times
+
+            (loss, times), grads = jax.value_and_grad(batch_loss, has_aux=True)(params)
+            return loss, times, grads, jnp.asarray(0, jnp.int32)
+        per_sample = jax.vmap(jax.value_and_grad(sample_loss, has_aux=True), in_axes=(None, 0, 0, 0))
+        (losses, times), sample_grads = per_sample(params, x, y, valid)
+        grads = jax.tree.map(lambda g: jnp.sum(g, axis=0), sample_grads)
+        dropped = jnp.asarray(0, jnp.int32)
+        for i in range(self.n_layers):
+            kernel, n = drop_large_weight_grads(sample_grads["layers"][i]["kernel"], cfg.max_dw_norm)
+            grads["layers"][i]["kernel"] = kernel
+            dropped = dropped + n
+        return jnp.sum(losses), times, grads, dropped
+
+    def _train_step(self, state: TrainState, batch):
+        cfg = self.config
+        x, y, valid, key = batch
+        if cfg.input_noise > 0:
+            x = add_input_noise(key, x, cfg.input_noise)
+        loss, times, grads, dropped = self._grads(state.params, x, y, valid)
+        with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes int and float
+            updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        bump = state.bump
+        layer = jnp.asarray(-1, jnp.int32)
+        if cfg.weight_bumping:
+            layer, targets = bump_targets(times, y, valid, cfg.max_missing, output_criterion=cfg.bump_output)
+            kernels = [state.params["layers"][i]["kernel"] for i in range(self.n_layers)]
+            bumped, bump = apply_bump(kernels, targets, layer, state.bump, cfg.bump_value)
+            bumped_params = jax.tree.map(lambda a: a, state.params)
+            for i, k in enumerate(bumped):
+                bumped_params["layers"][i]["kernel"] = k
+            use_bump = layer >= 0
+            params = jax.tree.map(lambda b, p: jnp.where(use_bump, b, p), bumped_params, params)
+            opt_state = jax.tree.map(lambda old, new: jnp.where(use_bump, old, new), state.opt_state, opt_state)
+        n_valid = jnp.sum(valid).astype(loss.dtype)
+        correct = jnp.sum(jax.vmap(is_correct)(times[-1], y) & valid)
+        silent = jnp.stack([jnp.sum(~jnp.isfinite(t) & valid[:, None]) for t in times])
+        bumps = jnp.stack([layer == i for i in range(self.n_layers)]).astype(jnp.int32)
+        metrics = {
+            "loss": loss * n_valid,
+            "correct": correct,
+            "silent": silent,
+            "bumps": bumps,
+            "dropped": dropped,
+        }
+        return TrainState(params, opt_state, bump, state.epoch), metrics
+
+    # -- one epoch ----------------------------------------------------------------------------
+    def _train_epoch(self, state: TrainState, x: jax.Array, y: jax.Array) -> tuple[TrainState, dict]:
+        cfg = self.config
+        n = x.shape[0]
+        batch = cfg.batch_size
+        n_batches = math.ceil(n / batch)
+        key = jax.random.fold_in(jax.random.key(cfg.seed), state.epoch)
+        perm_key, noise_key = jax.random.split(key)
+        perm = jax.random.permutation(perm_key, n)
+        pad = n_batches * batch - n
+        idx = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)]).reshape(n_batches, batch)
+        valid = (jnp.arange(n_batches * batch) < n).reshape(n_batches, batch)
+        keys = jax.random.split(noise_key, n_batches)
+        hyper = dict(state.opt_state.hyperparams)
+        dtype = hyper["learning_rate"].dtype
+        decays = (state.epoch // cfg.lr_step).astype(dtype)
+        lr = cfg.learning_rate * jnp.power(jnp.asarray(cfg.lr_gamma, dtype), decays)  # StepLR, per epoch
+        hyper["learning_rate"] = lr
+        state = state._replace(opt_state=state.opt_state._replace(hyperparams=hyper))
+
+        def body(st, inputs):
+            i, v, k = inputs
+            return self._train_step(st, (x[i], y[i], v, k))
+
+        state, metrics = jax.lax.scan(body, state, (idx, valid, keys))
+        totals = jax.tree.map(lambda m: jnp.sum(m, axis=0), metrics)
+        sizes = jnp.asarray(self.config.sizes)
+        summary = {
+            "train_loss": totals["loss"] / n,
+            "train_accuracy": totals["correct"] / n,
+            "train_silent_fraction": totals["silent"] / (n * sizes),
+            "bumps": totals["bumps"],
+            "dropped_columns": totals["dropped"],
+            "learning_rate": lr,
+        }
+        return state._replace(epoch=state.epoch + 1), summary
+
+    def _evaluate(self, params: dict, x: jax.Array, y: jax.Array) -> dict:
+        """Loss, accuracy, silent fractions and output times over a split (eval-sized chunks)."""
+        cfg = self.config
+        n = x.shape[0]
+        chunk = min(cfg.eval_batch_size, n)
+        n_chunks = math.ceil(n / chunk)
+        pad = n_chunks * chunk - n
+        xp = jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad, x.shape[1]))]).reshape(n_chunks, chunk, -1)
+        yp = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)]).reshape(n_chunks, chunk)
+
+        def run(args):
+            xc, yc = args
+            times = jax.vmap(lambda xi: self.forward(params, xi))(xc)
+            return jax.vmap(self.loss_fn)(times[-1], yc), jax.vmap(is_correct)(times[-1], yc), times
+
+        losses, correct, times = jax.lax.map(run, (xp, yp))
+        valid = jnp.arange(n_chunks * chunk) < n
+        losses, correct = losses.reshape(-1), correct.reshape(-1)
+        times = [t.reshape(n_chunks * chunk, -1)[:n] for t in times]
+        return {
+            "loss": jnp.sum(jnp.where(valid, losses, 0.0)) / n,
+            "accuracy": jnp.sum(correct & valid) / n,
+            "silent_fraction": jnp.stack([jnp.mean(~jnp.isfinite(t)) for t in times]),
+            "output_times": times[-1],
+        }
+
+
+def _to_python(tree) -> Any:
+    return jax.tree.map(lambda a: np.asarray(a).tolist(), tree)
+
+
+def train_and_evaluate(
+    config: Config, workdir: str | Path, *, resume: bool = False, quiet: bool = False
+) -> dict[str, Any]:
+    """Train ``config`` and write config, per-epoch metrics, checkpoints and results to ``workdir``.
+
+    With ``resume=True`` training continues from the latest checkpoint in ``workdir`` and ends with
+    exactly the weights an uninterrupted run would have (the data order and noise of epoch ``e``
+    depend only on ``(seed, e)``).
+    """
+    if config.dtype == "float64" and not jax.config.jax_enable_x64:
+        jax.config.update("jax_enable_x64", True)
+    workdir = Path(workdir)
+    ckpt_dir = workdir / "checkpoints"
+    config_file, metrics_file = workdir / "config.json", workdir / "metrics.jsonl"
+    has_run = ckpt_dir.exists() and any(ckpt_dir.iterdir())
+    if has_run and not resume:
+        raise ValueError(
+            f"`workdir` {workdir} already holds a run; pass --resume to continue it or choose a new --workdir."
+        )
+    if resume and config_file.exists():
+        saved = json.loads(config_file.read_text())
+        mine = json.loads(config.to_json())
+        diff = sorted(k for k in mine if k != "epochs" and saved.get(k) != mine[k])
+        if diff:
+            raise ValueError(
+                f"--resume with a different config (keys {diff}); use the saved config or a new --workdir."
+            )
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(config.to_json())
+
+    data = load_data(config)
+    trainer = Trainer(config)
+    state = trainer.init_state()
+    if resume and has_run:
+        state = checkpoint.restore_latest(ckpt_dir, state)
+    start_epoch = int(state.epoch)
+    history = []
+    if metrics_file.exists() and start_epoch > 0:
+        history = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+        history = [h for h in history if h["epoch"] <= start_epoch]
+    metrics_file.write_text("".join(json.dumps(h) + "\n" for h in history))
+
+    x_train, y_train = data["train"]
+    x_val, y_val = data["validation"]
+    progress = _progress(config.epochs, start_epoch, quiet)
+    t0 = time.perf_counter()
+    best_val = max((h["val_accuracy"] for h in history), default=0.0)
+    for epoch in range(start_epoch, config.epochs):
+        e0 = time.perf_counter()
+        state, summary = trainer.train_epoch(state, x_train, y_train)
+        val = trainer.evaluate(state.params, x_val, y_val)
+        row = {"epoch": epoch + 1, **_to_python(summary)}
+        row.update(val_loss=float(val["loss"]), val_accuracy=float(val["accuracy"]))
+        row["val_silent_fraction"] = _to_python(val["silent_fraction"])
+        row["seconds"] = time.perf_counter() - e0
+        best_val = max(best_val, row["val_accuracy"])
+        with metrics_file.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0:
+            checkpoint.save(ckpt_dir, state)
+        if progress is not None:
+            progress.set_postfix(
+                loss=f"{row['train_loss']:.3f}", train=f"{row['train_accuracy']:.3f}", val=f"{row['val_accuracy']:.3f}"
+            )
+            progress.update(1)
+    train_seconds = time.perf_counter() - t0
+    if progress is not None:
+        progress.close()
+    checkpoint.save(ckpt_dir, state)
+
+    test = trainer.evaluate(state.params, *data["test"])
+    val = trainer.evaluate(state.params, x_val, y_val)
+    epochs_run = config.epochs - start_epoch
+    results = {
+        "test_accuracy": float(test["accuracy"]),
+        "test_loss": float(test["loss"]),
+        "val_accuracy": float(val["accuracy"]),
+        "best_val_accuracy": best_val,
+        "epochs": config.epochs,
+        "train_seconds": train_seconds,
+        "train_samples_per_second": epochs_run * x_train.shape[0] / train_seconds if epochs_run else 0.0,
+        "seed": config.seed,
+        "test_silent_fraction": _to_python(test["silent_fraction"]),
+        "spikes_per_neuron_max": 1,
+        "device": jax.devices()[0].device_kind,
+    }
+    (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _progress(total: int, initial: int, quiet: bool):
+    if quiet or not sys.stderr.isatty():
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="epoch", dynamic_ncols=True)
+
+
+def evaluate_run(workdir: Path) -> dict[str, Any]:
+    """Re-evaluate the final checkpoint of a run directory on its validation and test sets."""
+    workdir = Path(workdir)
+    config_file = workdir / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file} not found: is {workdir} a run directory written by `fsnn train`?")
+    config = Config.from_dict(json.loads(config_file.read_text()))
+    if config.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    trainer = Trainer(config)
+    state = checkpoint.restore_latest(workdir / "checkpoints", trainer.init_state())
+    data = load_data(config)
+    out = {"epoch": int(state.epoch)}
+    for split in ("validation", "test"):
+        res = trainer.evaluate(state.params, *data[split])
+        out[f"{split}_accuracy"] = float(res["accuracy"])
+        out[f"{split}_loss"] = float(res["loss"])
+    return out

@@ -1,0 +1,45 @@
+"""fsnn.cli: the command line trains, evaluates and fails clearly."""
+
+import json
+
+import pytest
+
+from fsnn.cli import main
+
+
+def test_train_and_eval(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    args = [
+        "train",
+        "yinyang",
+        "--smoke",
+        "--quiet",
+        "--workdir",
+        str(workdir),
+        "--epochs",
+        "2",
+        "--set",
+        "hidden=(16,)",
+    ]
+    assert main(args) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    assert json.loads((workdir / "config.json").read_text())["hidden"] == [16]
+    assert main(["eval", str(workdir)]) == 0
+    assert "test_accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "yinyang", "--set", "nope=1"], "unknown config key `nope`"),
+        (["train", "yinyang", "--set", "tau_m=-1"], "`tau_m` must be > 0"),
+        (["train", "yinyang", "--set", "epochs"], "--set expects key=value"),
+        (["train", "yinyang", "--epochs", "0"], "`epochs` must be a positive integer"),
+        (["train", "missing_experiment"], "experiment `missing_experiment` not found"),
+        (["eval", "/nonexistent/run"], "config.json not found"),
+    ],
+)
+def test_errors_are_one_clear_line(args, message, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("fsnn: error:")

@@ -1,0 +1,50 @@
+"""fsnn.train.config: parsing, validation, experiment files."""
+
+import pytest
+
+from fsnn.train import Config, apply_overrides, load_config
+
+
+def test_published_yinyang_config():
+    c = load_config("yinyang")
+    assert c.sizes == (120, 3) and c.n_inputs == 4 and c.bias_times == (0.9,)
+    assert (c.learning_rate, c.lr_step, c.lr_gamma, c.batch_size, c.epochs) == (0.005, 20, 0.95, 150, 300)
+    assert c.init == ((1.5, 0.8), (0.5, 0.8)) and (c.xi, c.alpha) == (0.2, 0.005)
+    assert c.tau_m == c.tau_s
+
+
+def test_overrides_parse_types():
+    c = apply_overrides(
+        Config(), {"hidden": "(64, 32)", "init": "((1,1),(1,1),(0.5,0.8))", "max_missing": "0.3,0.1,0.0"}
+    )
+    assert c.hidden == (64, 32) and c.init[2] == (0.5, 0.8) and c.max_missing == (0.3, 0.1, 0.0)
+    assert apply_overrides(Config(), {"max_dw_norm": "None"}).max_dw_norm is None
+    assert apply_overrides(Config(), {"weight_bumping": "false"}).weight_bumping is False
+    assert apply_overrides(Config(), {"learning_rate": "1"}).learning_rate == 1.0
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("foo", "1", "unknown config key `foo`"),
+        ("epochs", "2.5", "`epochs` expects int"),
+        ("epochs", "0", "`epochs` must be a positive integer"),
+        ("batch_size", "-3", "`batch_size` must be a positive integer"),
+        ("tau_m", "0", "`tau_m` must be > 0"),
+        ("tau_s", "-1", "`tau_s` must be > 0"),
+        ("threshold", "-1", "`threshold` must exceed"),
+        ("loss", "'hinge'", "`loss` must be one of"),
+        ("hidden", "(0,)", "`hidden` sizes"),
+        ("solver", "'quadratic'", "'quadratic' needs tau_m == 2 tau_s"),
+        ("max_missing", "(0.3,)", "`max_missing` needs one fraction per layer"),
+        ("trainable_neuron", "('tau',)", "`trainable_neuron`"),
+    ],
+)
+def test_bad_values_fail_with_the_key_named(key, value, match):
+    with pytest.raises(ValueError, match=match):
+        apply_overrides(Config(), {key: value})
+
+
+def test_unknown_experiment():
+    with pytest.raises(ValueError, match="experiment `nope` not found"):
+        load_config("nope")

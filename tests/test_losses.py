@@ -1,0 +1,43 @@
+"""fsnn.losses: the TTFS cross-entropy, MSE loss and first-spike decoding."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fsnn.losses import first_spike_decision, is_correct, mse_spike_time, ttfs_cross_entropy
+
+
+def test_ttfs_cross_entropy_formula():
+    t = jnp.array([1.2, 0.9, 1.5])
+    label = jnp.asarray(1)
+    logits = -np.asarray(t) / 0.2
+    expected = -(logits[1] - np.log(np.sum(np.exp(logits)))) + 0.005 * np.exp(0.9 / 1.0)
+    np.testing.assert_allclose(ttfs_cross_entropy(t, label), expected, rtol=1e-12)
+    g = jax.grad(ttfs_cross_entropy)(t, label)
+    assert float(g[0]) < 0 < float(g[1])  # loss falls as the label fires earlier, the others later
+
+
+def test_silent_outputs():
+    t = jnp.array([jnp.inf, 0.9, jnp.inf])
+    value, g = jax.value_and_grad(ttfs_cross_entropy)(t, jnp.asarray(1))
+    assert np.isfinite(float(value)) and bool(jnp.all(jnp.isfinite(g)))
+    assert float(g[0]) == 0.0 and float(g[2]) == 0.0
+    # label silent: constant loss, no gradient
+    value, g = jax.value_and_grad(ttfs_cross_entropy)(t, jnp.asarray(0))
+    assert float(value) == 10.0 and float(jnp.abs(g).max()) == 0.0
+    all_silent = jnp.full(3, jnp.inf)
+    assert float(ttfs_cross_entropy(all_silent, jnp.asarray(2), silent_loss=3.0)) == 3.0
+
+
+def test_decoding():
+    assert int(first_spike_decision(jnp.array([1.0, 0.5, 2.0]))) == 1
+    assert int(first_spike_decision(jnp.full(3, jnp.inf))) == -1
+    assert not bool(is_correct(jnp.full(3, jnp.inf), jnp.asarray(0)))
+    assert bool(is_correct(jnp.array([jnp.inf, 0.5, 2.0]), jnp.asarray(1)))
+
+
+def test_mse_targets_and_silent():
+    t = jnp.array([1.5, 2.5, jnp.inf])
+    np.testing.assert_allclose(mse_spike_time(t, jnp.asarray(0)), (4.0 - 2.5) ** 2 / 3)
+    g = jax.grad(mse_spike_time)(t, jnp.asarray(0))
+    assert bool(jnp.all(jnp.isfinite(g))) and float(g[2]) == 0.0

@@ -1,0 +1,53 @@
+"""fsnn.nn: the nnx modules hold parameters and call the core."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from fsnn import LIFParams, layer_spike_times
+from fsnn.nn import SpikingDense, SpikingNetwork, batched
+
+
+def test_dense_appends_bias_and_matches_core():
+    layer = SpikingDense(4, 7, init_mean=1.5, init_std=0.8, bias_times=(0.9,), rngs=nnx.Rngs(0))
+    assert layer.kernel[...].shape == (5, 7)
+    x = jnp.array([0.2, 0.5, 1.0, 1.7], jnp.float32)
+    expected = layer_spike_times(jnp.concatenate([x, jnp.array([0.9])]), layer.kernel[...], LIFParams())
+    np.testing.assert_array_equal(layer(x), expected)
+    assert layer.solver == "lambertw"
+
+
+def test_network_batched_equals_per_sample():
+    net = SpikingNetwork(4, (12, 3), init=((1.5, 0.8), (0.5, 0.8)), rngs=nnx.Rngs(1), param_dtype=jnp.float64)
+    x = jax.random.uniform(jax.random.key(0), (6, 4), jnp.float64, 0.15, 2.0)
+    graphdef, state = nnx.split(net)
+    out = batched(graphdef, state, x)
+    assert [o.shape for o in out] == [(6, 12), (6, 3)]
+    for i in range(6):
+        np.testing.assert_array_equal(out[1][i], net(x[i])[1])
+
+
+def test_trainable_neuron_parameters_get_gradients():
+    net = SpikingNetwork(
+        4, (8, 3), init=((1.5, 0.8), (0.5, 0.8)), rngs=nnx.Rngs(2), trainable=("threshold", "tau_m"), per_neuron=True
+    )
+    assert net.layers[0].solver == "root"
+    x = jnp.array([0.2, 0.5, 1.0, 1.7])
+
+    def loss(model):
+        t = model(x)[-1]
+        return jnp.sum(jnp.where(jnp.isfinite(t), t, 0.0))
+
+    grads = nnx.grad(loss)(net)
+    g_theta = grads["layers"][1]["neuron_learned"]["threshold"][...]
+    assert g_theta.shape == (3,)
+    assert bool(jnp.all(jnp.isfinite(g_theta))) and float(jnp.abs(g_theta).max()) > 0
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="`trainable`"):
+        SpikingDense(2, 2, init_mean=0, init_std=1, trainable=("tau",), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="`init`"):
+        SpikingNetwork(4, (8, 3), init=((1.0, 1.0),), rngs=nnx.Rngs(0))

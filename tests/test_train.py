@@ -1,0 +1,96 @@
+"""fsnn.train: the compiled epoch, run directory, checkpoints and exact resume."""
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from fsnn.train import Config, apply_overrides, checkpoint, load_config
+from fsnn.train.loop import Trainer, evaluate_run, load_data, train_and_evaluate
+
+TINY = Config(hidden=(16,), train_size=300, eval_size=150, epochs=2, batch_size=64, checkpoint_every=1)
+
+
+def test_smoke_training_beats_chance(tmp_path):
+    """The README's default job in miniature: Yin-Yang must clearly beat chance (1/3)."""
+    config = load_config("yinyang", smoke=True)
+    results = train_and_evaluate(config, tmp_path / "run", quiet=True)
+    assert results["test_accuracy"] >= 0.6
+    for name in ("config.json", "metrics.jsonl", "results.json"):
+        assert (tmp_path / "run" / name).is_file()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, config.epochs + 1))
+    for key in (
+        "train_loss",
+        "train_accuracy",
+        "val_accuracy",
+        "train_silent_fraction",
+        "bumps",
+        "dropped_columns",
+        "seconds",
+    ):
+        assert key in rows[0]
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    for key in (
+        "test_accuracy",
+        "val_accuracy",
+        "best_val_accuracy",
+        "epochs",
+        "train_seconds",
+        "train_samples_per_second",
+        "seed",
+    ):
+        assert key in saved
+    assert saved["best_val_accuracy"] == max(r["val_accuracy"] for r in rows)
+
+
+def test_epoch_compiles_once():
+    trainer = Trainer(TINY)
+    data = load_data(TINY)
+    state = trainer.init_state()
+    state, _ = trainer.train_epoch(state, *data["train"])
+    state, metrics = trainer.train_epoch(state, *data["train"])
+    assert trainer.train_epoch._cache_size() == 1
+    assert int(state.epoch) == 2
+    assert np.isfinite(float(metrics["train_loss"]))
+
+
+def test_same_seed_same_result_and_exact_resume(tmp_path):
+    straight = train_and_evaluate(dataclasses.replace(TINY, epochs=3), tmp_path / "a", quiet=True)
+    train_and_evaluate(dataclasses.replace(TINY, epochs=1), tmp_path / "b", quiet=True)
+    resumed = train_and_evaluate(dataclasses.replace(TINY, epochs=3), tmp_path / "b", resume=True, quiet=True)
+    like = Trainer(TINY).init_state()
+    a = checkpoint.restore_latest(tmp_path / "a" / "checkpoints", like)
+    b = checkpoint.restore_latest(tmp_path / "b" / "checkpoints", like)
+    assert int(a.epoch) == int(b.epoch) == 3
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert straight["test_accuracy"] == resumed["test_accuracy"]
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    assert evaluate_run(tmp_path / "b")["test_accuracy"] == pytest.approx(resumed["test_accuracy"])
+
+
+def test_workdir_is_never_overwritten(tmp_path):
+    train_and_evaluate(dataclasses.replace(TINY, epochs=1), tmp_path, quiet=True)
+    before = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(ValueError, match="already holds a run"):
+        train_and_evaluate(dataclasses.replace(TINY, epochs=1), tmp_path, quiet=True)
+    with pytest.raises(ValueError, match="different config"):
+        train_and_evaluate(dataclasses.replace(TINY, epochs=2, learning_rate=0.1), tmp_path, resume=True, quiet=True)
+    assert (tmp_path / "metrics.jsonl").read_text() == before
+
+
+def test_remedies_are_reported():
+    # Low initial weights silence the hidden layer: bumping must kick in and be counted.
+    config = dataclasses.replace(TINY, init=((0.0, 0.1), (0.5, 0.8)), max_missing=(0.3, 0.0), epochs=1)
+    trainer = Trainer(config)
+    data = load_data(config)
+    state, metrics = trainer.train_epoch(trainer.init_state(), *data["train"])
+    assert int(metrics["bumps"][0]) > 0
+    off = apply_overrides(config, {"weight_bumping": "False", "max_dw_norm": "None"})
+    trainer = Trainer(off)
+    _, metrics = trainer.train_epoch(trainer.init_state(), *data["train"])
+    assert int(np.sum(metrics["bumps"])) == 0 and int(metrics["dropped_columns"]) == 0
