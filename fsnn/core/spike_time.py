@@ -293,6 +293,7 @@ def _spike_times_jvp(solver, primals, tangents):
     fired = jnp.isfinite(t_out)
     t_safe = jnp.where(fired, t_out, 0.0)
 
+    @jax.checkpoint  # reverse mode recomputes the [n_in, n_out] kernel instead of storing it
     def potential(ti, w, p):
         return layer_membrane(t_safe, ti, w, p)
 
