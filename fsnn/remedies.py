@@ -45,7 +45,8 @@ def bump_targets(
 
     Hidden layers compare the silent fraction of (sample, neuron) entries with ``max_missing``;
     the output layer does so too with ``output_criterion="all"``, while with ``"label"`` (the
-    reference's setting) it counts samples whose label neuron is silent, and targets those neurons.
+    reference's setting) it counts samples whose label neuron is silent. Either way the targets are
+    all neurons of the layer that were silent for at least one (valid) sample.
     """
     if len(max_missing) != len(layer_times):
         raise ValueError(f"`max_missing` needs one value per layer ({len(layer_times)}); got {len(max_missing)}.")
@@ -55,14 +56,13 @@ def bump_targets(
     for i, times in enumerate(layer_times):
         silent = ~jnp.isfinite(times) & valid[:, None]
         if i == len(layer_times) - 1 and output_criterion == "label":
-            onehot = jax.nn.one_hot(labels, times.shape[1], dtype=bool)
-            silent = silent & onehot
-            fraction = jnp.sum(jnp.any(silent, axis=1)) / n_valid
+            label_silent = silent & jax.nn.one_hot(labels, times.shape[1], dtype=bool)
+            fraction = jnp.sum(jnp.any(label_silent, axis=1)) / n_valid
         else:
             fraction = jnp.sum(silent) / (n_valid * times.shape[1])
         offends = fraction > max_missing[i]
         chosen = jnp.where((chosen < 0) & offends, i, chosen)
-        targets.append(jnp.any(silent, axis=0))
+        targets.append(jnp.any(silent, axis=0))  # every neuron silent for some sample
     return chosen, targets
 
 
