@@ -48,3 +48,16 @@ def test_bad_values_fail_with_the_key_named(key, value, match):
 def test_unknown_experiment():
     with pytest.raises(ValueError, match="experiment `nope` not found"):
         load_config("nope")
+
+
+def test_every_experiment_loads_and_validates():
+    from fsnn.core.spike_time import resolve_solver
+    from fsnn.train.config import EXPERIMENTS_DIR
+
+    names = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.py"))
+    assert {"yinyang", "yinyang_best"} <= set(names)
+    for name in names:
+        config, smoke = load_config(name), load_config(name, smoke=True)
+        assert smoke.epochs < config.epochs
+    best = load_config("yinyang_best")
+    assert resolve_solver(best.neuron) == "quadratic" and best.g_leak * best.tau_m == 1.0

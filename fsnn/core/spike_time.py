@@ -8,8 +8,10 @@ Algorithm (one sample, one layer; Göltz et al. 2021, Methods, made O(n_in n_out
    .. math:: B_k = \sum_{i\le k} w_i e^{-(t_k-t_i)/\tau_s}, \qquad
              D_k = \sum_{i\le k} w_i \kappa(t_k - t_i) = C\,(V(t_k) - E_\ell).
 
-   Both follow from a linear recurrence (an affine map per input), evaluated with
-   `jax.lax.associative_scan`: O(n_in n_out) work, no ``n_in x n_in`` mask. On the prefix's
+   Both follow from a linear recurrence (an affine map per input): O(n_in n_out) work, no
+   ``n_in x n_in`` mask. Wide layers run it as one sequential `jax.lax.scan` that keeps only the
+   first crossing prefix (O(n_out) memory); narrow layers (``n_out <= PARALLEL_MAX_OUT``) use a
+   log-depth `jax.lax.associative_scan` over all prefixes. On the prefix's
    interval ``t_k + x``, ``x in [0, t_{k+1} - t_k]``,
    :math:`U(x) = C(V - E_\ell) = D_k e^{-x/\tau_m} + B_k \kappa(x)`.
 2. ``U`` has at most one stationary point, a maximum, at (stable for every ``tau_m/tau_s``)
