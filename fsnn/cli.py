@@ -11,11 +11,13 @@ __all__ = ["main"]
 
 
 def _parse_sets(items: list[str]) -> dict[str, str]:
+    from fsnn.train.config import ConfigError
+
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set expects key=value; got {item!r}.")
+            raise ConfigError(f"--set expects key=value; got {item!r}.")
         out[key.strip()] = value.strip()
     return out
 
@@ -71,10 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fsnn.train.config import ConfigError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError) as err:  # user-fixable; anything else keeps its traceback
         print(f"fsnn: error: {err}", file=sys.stderr)
         return 2
 

@@ -55,10 +55,10 @@ def yinyang(size: int, seed: int, *, r_small: float = 0.1, r_big: float = 0.5) -
 
 
 def yinyang_splits(sizes: dict[str, int] | None = None) -> dict[str, Split]:
-    """The published splits (or the first ``sizes[name]`` samples of each, for smoke runs)."""
+    """The published splits (or the first ``sizes[name]`` samples of those named, for smoke runs)."""
     out = {}
     for name, (size, seed) in PUBLISHED.items():
-        n = size if sizes is None else min(size, int(sizes.get(name, size)))
+        n = min(size, int((sizes or {}).get(name, size)))
         out[name] = yinyang(n, seed)
     return out
 

@@ -13,7 +13,12 @@ from typing import Any
 
 from fsnn.core.neuron import LIFParams
 
-__all__ = ["Config", "load_config", "apply_overrides", "EXPERIMENTS_DIR"]
+__all__ = ["Config", "ConfigError", "load_config", "apply_overrides", "EXPERIMENTS_DIR"]
+
+
+class ConfigError(ValueError):
+    """A config, command-line or run-directory problem the user can fix (the message says how)."""
+
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
 DATASETS = ("yinyang",)
@@ -93,10 +98,10 @@ class Config:
         return LIFParams(self.tau_m, self.tau_s, self.threshold, self.g_leak, self.e_leak)
 
     def validate(self) -> None:
-        """Raise `ValueError` naming the key and the allowed values for anything impossible."""
+        """Raise `ConfigError` naming the key and the allowed values for anything impossible."""
 
         def bad(key, why):
-            raise ValueError(f"config key `{key}` {why}")
+            raise ConfigError(f"config key `{key}` {why}")
 
         for key, allowed in (
             ("dataset", DATASETS),
@@ -201,8 +206,8 @@ def _coerce(key: str, raw: Any, annotation: Any) -> Any:
                 raise TypeError
             return tuple(_coerce(key, r, a) for r, a in zip(raw, args))
     except TypeError:
-        raise ValueError(f"config key `{key}` expects {_describe(annotation)}; got {raw!r}.") from None
-    raise ValueError(f"config key `{key}` has an unsupported type {annotation}.")
+        raise ConfigError(f"config key `{key}` expects {_describe(annotation)}; got {raw!r}.") from None
+    raise ConfigError(f"config key `{key}` has an unsupported type {annotation}.")
 
 
 def _describe(annotation) -> str:
@@ -216,7 +221,7 @@ def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
     values = {}
     for key, raw in overrides.items():
         if key not in fields:
-            raise ValueError(f"unknown config key `{key}`; known keys: {', '.join(sorted(fields))}.")
+            raise ConfigError(f"unknown config key `{key}`; known keys: {', '.join(sorted(fields))}.")
         values[key] = _coerce(key, raw, hints[key])
     return dataclasses.replace(config, **values)
 
@@ -228,7 +233,7 @@ def load_config(experiment: str, *, smoke: bool = False) -> Config:
         path = EXPERIMENTS_DIR / f"{experiment}.py"
     if not path.is_file():
         known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.py")) if EXPERIMENTS_DIR.is_dir() else []
-        raise ValueError(
+        raise ConfigError(
             f"experiment `{experiment}` not found (looked for {path}); known: {', '.join(known) or 'none'}."
         )
     spec = importlib.util.spec_from_file_location(f"fsnn_experiment_{path.stem}", path)
@@ -236,8 +241,8 @@ def load_config(experiment: str, *, smoke: bool = False) -> Config:
     spec.loader.exec_module(module)
     getter = "get_smoke_config" if smoke else "get_config"
     if not hasattr(module, getter):
-        raise ValueError(f"experiment file {path} defines no `{getter}()`.")
+        raise ConfigError(f"experiment file {path} defines no `{getter}()`.")
     config = getattr(module, getter)()
     if not isinstance(config, Config):
-        raise ValueError(f"`{getter}()` in {path} must return fsnn.train.Config; got {type(config).__name__}.")
+        raise ConfigError(f"`{getter}()` in {path} must return fsnn.train.Config; got {type(config).__name__}.")
     return config

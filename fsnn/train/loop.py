@@ -25,7 +25,7 @@ from fsnn.losses import is_correct, mse_spike_time, ttfs_cross_entropy
 from fsnn.nn import SpikingNetwork
 from fsnn.remedies import BumpState, apply_bump, bump_targets, drop_large_weight_grads
 from fsnn.train import checkpoint
-from fsnn.train.config import Config
+from fsnn.train.config import Config, ConfigError
 
 __all__ = ["TrainState", "Trainer", "train_and_evaluate", "load_data"]
 
@@ -254,7 +254,7 @@ def train_and_evaluate(
     config_file, metrics_file = workdir / "config.json", workdir / "metrics.jsonl"
     has_run = ckpt_dir.exists() and any(ckpt_dir.iterdir())
     if has_run and not resume:
-        raise ValueError(
+        raise ConfigError(
             f"`workdir` {workdir} already holds a run; pass --resume to continue it or choose a new --workdir."
         )
     if resume and config_file.exists():
@@ -262,7 +262,7 @@ def train_and_evaluate(
         mine = json.loads(config.to_json())
         diff = sorted(k for k in mine if k != "epochs" and saved.get(k) != mine[k])
         if diff:
-            raise ValueError(
+            raise ConfigError(
                 f"--resume with a different config (keys {diff}); use the saved config or a new --workdir."
             )
     workdir.mkdir(parents=True, exist_ok=True)
@@ -285,6 +285,7 @@ def train_and_evaluate(
     progress = _progress(config.epochs, start_epoch, quiet)
     t0 = time.perf_counter()
     best_val = max((h["val_accuracy"] for h in history), default=0.0)
+    val = None
     for epoch in range(start_epoch, config.epochs):
         e0 = time.perf_counter()
         state, summary = trainer.train_epoch(state, x_train, y_train)
@@ -309,7 +310,8 @@ def train_and_evaluate(
     checkpoint.save(ckpt_dir, state)
 
     test = trainer.evaluate(state.params, *data["test"])
-    val = trainer.evaluate(state.params, x_val, y_val)
+    if val is None:  # nothing trained in this call (resumed at the last epoch)
+        val = trainer.evaluate(state.params, x_val, y_val)
     epochs_run = config.epochs - start_epoch
     results = {
         "test_accuracy": float(test["accuracy"]),
