@@ -336,3 +336,29 @@ def test_jit_vmap_grad_compose():
     g_fwd = jax.jit(jax.jacfwd(loss))(w)  # forward mode agrees with reverse mode
     np.testing.assert_allclose(g_fwd, g_rev, rtol=1e-12)
     assert float(jnp.abs(g_rev).max()) > 0.0
+
+
+@pytest.mark.parametrize(("params", "solver"), [(PAPER, "lambertw"), (DOUBLE, "quadratic"), (ODD, "root")])
+def test_sequential_and_parallel_prefix_search_agree(params, solver, monkeypatch):
+    """Wide layers scan sequentially, narrow ones in parallel: both must give the same times."""
+    from fsnn.core import spike_time
+
+    rng = np.random.default_rng(11)
+    t = jnp.asarray(np.where(rng.random(40) < 0.1, np.inf, rng.uniform(0, 3, 40)))
+    w = jnp.asarray(rng.normal(0.05, 0.5, (40, 24)))
+    scale = jnp.asarray(rng.uniform(0.8, 1.2, 24))
+    per_neuron = params._replace(threshold=params.threshold * scale, g_leak=params.g_leak * scale)
+
+    def run():
+        fn = jax.jit(functools.partial(layer_spike_times, solver=solver))
+        return fn(t, w, per_neuron), jax.jit(jax.jacrev(lambda w: fn(t, w, per_neuron)))(w)
+
+    monkeypatch.setattr(spike_time, "PARALLEL_MAX_OUT", 0)
+    sequential = run()
+    monkeypatch.setattr(spike_time, "PARALLEL_MAX_OUT", 10**6)
+    parallel = run()
+    fired = jnp.isfinite(sequential[0])
+    assert 0 < int(fired.sum()) < 24
+    np.testing.assert_array_equal(jnp.isfinite(parallel[0]), fired)
+    np.testing.assert_allclose(parallel[0], sequential[0], rtol=1e-13)
+    np.testing.assert_allclose(parallel[1], sequential[1], rtol=1e-11, atol=1e-14)

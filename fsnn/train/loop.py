@@ -22,7 +22,7 @@ from flax import nnx
 from fsnn.data.yinyang import yinyang_splits
 from fsnn.encoding import add_input_noise, values_to_times
 from fsnn.losses import is_correct, mse_spike_time, ttfs_cross_entropy
-from fsnn.nn import SpikingNetwork
+from fsnn.nn import SpikingNetwork, batched
 from fsnn.remedies import BumpState, apply_bump, bump_targets, drop_large_weight_grads
 from fsnn.train import checkpoint
 from fsnn.train.config import Config, ConfigError
@@ -121,7 +121,8 @@ class Trainer:
         if cfg.max_dw_norm is None:
 
             def batch_loss(p):
-                losses, times = jax.vmap(sample_loss, in_axes=(None, 0, 0, 0))(p, x, y, valid)
+                times = batched(self.graphdef, p, x)
+                losses = jnp.where(valid, jax.vmap(self.loss_fn)(times[-1], y), 0.0) / n_valid
                 return jnp.sum(losses), times
 
             (loss, times), grads = jax.value_and_grad(batch_loss, has_aux=True)(params)
@@ -151,12 +152,15 @@ class Trainer:
             layer, targets = bump_targets(times, y, valid, cfg.max_missing, output_criterion=cfg.bump_output)
             kernels = [state.params["layers"][i]["kernel"] for i in range(self.n_layers)]
             bumped, bump = apply_bump(kernels, targets, layer, state.bump, cfg.bump_value)
-            bumped_params = jax.tree.map(lambda a: a, state.params)
-            for i, k in enumerate(bumped):
-                bumped_params["layers"][i]["kernel"] = k
-            use_bump = layer >= 0
-            params = jax.tree.map(lambda b, p: jnp.where(use_bump, b, p), bumped_params, params)
-            opt_state = jax.tree.map(lambda old, new: jnp.where(use_bump, old, new), state.opt_state, opt_state)
+            use_bump = layer >= 0  # a bumped batch takes no optimizer step: keep the old state
+
+            def keep_old(old, new):
+                return jnp.where(use_bump, old, new)
+
+            params = jax.tree.map(keep_old, state.params, params)
+            opt_state = jax.tree.map(keep_old, state.opt_state, opt_state)
+            for i, kernel in enumerate(bumped):
+                params["layers"][i]["kernel"] = jnp.where(use_bump, kernel, params["layers"][i]["kernel"])
         n_valid = jnp.sum(valid).astype(loss.dtype)
         correct = jnp.sum(jax.vmap(is_correct)(times[-1], y) & valid)
         silent = jnp.stack([jnp.sum(~jnp.isfinite(t) & valid[:, None]) for t in times])
@@ -208,7 +212,7 @@ class Trainer:
         return state._replace(epoch=state.epoch + 1), summary
 
     def _evaluate(self, params: dict, x: jax.Array, y: jax.Array) -> dict:
-        """Loss, accuracy, silent fractions and output times over a split (eval-sized chunks)."""
+        """Loss, accuracy and per-layer silent fractions over a split (eval-sized chunks)."""
         cfg = self.config
         n = x.shape[0]
         chunk = min(cfg.eval_batch_size, n)
@@ -219,7 +223,7 @@ class Trainer:
 
         def run(args):
             xc, yc = args
-            times = jax.vmap(lambda xi: self.forward(params, xi))(xc)
+            times = batched(self.graphdef, params, xc)
             return jax.vmap(self.loss_fn)(times[-1], yc), jax.vmap(is_correct)(times[-1], yc), times
 
         losses, correct, times = jax.lax.map(run, (xp, yp))
@@ -230,8 +234,13 @@ class Trainer:
             "loss": jnp.sum(jnp.where(valid, losses, 0.0)) / n,
             "accuracy": jnp.sum(correct & valid) / n,
             "silent_fraction": jnp.stack([jnp.mean(~jnp.isfinite(t)) for t in times]),
-            "output_times": times[-1],
         }
+
+
+def _enable_dtype(config: Config) -> None:
+    """float64 runs need JAX's x64 mode (switched on, never off)."""
+    if config.dtype == "float64" and not jax.config.jax_enable_x64:
+        jax.config.update("jax_enable_x64", True)
 
 
 def _to_python(tree) -> Any:
@@ -247,8 +256,7 @@ def train_and_evaluate(
     exactly the weights an uninterrupted run would have (the data order and noise of epoch ``e``
     depend only on ``(seed, e)``).
     """
-    if config.dtype == "float64" and not jax.config.jax_enable_x64:
-        jax.config.update("jax_enable_x64", True)
+    _enable_dtype(config)
     workdir = Path(workdir)
     ckpt_dir = workdir / "checkpoints"
     config_file, metrics_file = workdir / "config.json", workdir / "metrics.jsonl"
@@ -323,7 +331,6 @@ def train_and_evaluate(
         "train_samples_per_second": epochs_run * x_train.shape[0] / train_seconds if epochs_run else 0.0,
         "seed": config.seed,
         "test_silent_fraction": _to_python(test["silent_fraction"]),
-        "spikes_per_neuron_max": 1,
         "device": jax.devices()[0].device_kind,
     }
     (workdir / "results.json").write_text(json.dumps(results, indent=2))
@@ -345,8 +352,7 @@ def evaluate_run(workdir: Path) -> dict[str, Any]:
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file} not found: is {workdir} a run directory written by `fsnn train`?")
     config = Config.from_dict(json.loads(config_file.read_text()))
-    if config.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
+    _enable_dtype(config)
     trainer = Trainer(config)
     state = checkpoint.restore_latest(workdir / "checkpoints", trainer.init_state())
     data = load_data(config)
