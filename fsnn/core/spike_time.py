@@ -40,6 +40,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, ArrayLike, Float
 
 from fsnn.core.lambertw import lambertw
@@ -93,6 +94,37 @@ def resolve_solver(params: LIFParams, solver: Solver = "auto") -> str:
     if solver == "quadratic" and not ratio_two:
         raise ValueError("`solver='quadratic'` needs tau_m == 2 * tau_s; use solver='root' or 'auto'.")
     return solver
+
+
+def _sort_key(t: Array) -> Array:
+    """Integers in the order of the floats ``t`` (no nan; ``-0.0`` counts as ``0.0``)."""
+    t = jnp.where(t == 0, jnp.zeros_like(t), t)  # -0.0 -> 0.0
+    bits = jax.lax.bitcast_convert_type(t, jnp.int64 if t.dtype == jnp.float64 else jnp.int32)
+    return jnp.where(bits < 0, bits ^ jnp.iinfo(bits.dtype).max, bits)
+
+
+def _argsort_by_int_keys(t: Float[Array, " n"]) -> Array:
+    """Stable argsort of one row from single-operand integer sorts.
+
+    XLA:CPU sorts a lone integer array several times faster than the (key, index) pair behind
+    `jnp.argsort`, whose comparator it calls per comparison. So: sort the keys, rank every input
+    among them (the first of equal keys), then sort ``rank * n + index``, exact and stable.
+    """
+    n = t.shape[0]
+    key = _sort_key(t)
+    rank = jnp.searchsorted(jax.lax.sort(key), key, side="left", method="scan").astype(key.dtype)
+    return (jax.lax.sort(rank * n + jnp.arange(n, dtype=key.dtype)) % n).astype(jnp.int32)
+
+
+def _argsort(t: Float[Array, " n"]) -> Array:
+    """Stable argsort; on CPU through integer sorts (`_argsort_by_int_keys`), elsewhere `jnp.argsort`."""
+
+    def portable(t):
+        return jnp.argsort(t).astype(jnp.int32)
+
+    if t.dtype == jnp.float32 and t.shape[0] ** 2 >= 2**31:  # rank * n + index must fit in int32
+        return portable(t)
+    return jax.lax.platform_dependent(t, cpu=_argsort_by_int_keys, default=portable)
 
 
 def _row(x: Array) -> Array:
@@ -259,7 +291,7 @@ def _forward(solver: str, input_times, weights, params: LIFParams):
     elif solver == "quadratic":
         params = params._replace(tau_m=2.0 * params.tau_s)
     theta_c = params.capacitance * (params.threshold - params.e_leak)
-    order = jnp.argsort(input_times)
+    order = _argsort(input_times)
     # Narrow layers: all prefixes in parallel; wide layers: one sequential pass, O(n_out) memory.
     prefix = _causal_prefix_parallel if weights.shape[1] <= PARALLEL_MAX_OUT else _causal_prefix
     fired, t_k, b, d, peak = prefix(solver, input_times[order], order, weights, params.tau_m, params.tau_s, theta_c)
@@ -283,30 +315,78 @@ def layer_membrane(
     return params.e_leak + jnp.sum(psp, axis=0) / params.capacitance
 
 
+def _kernels(solver: str, s, tau_m, tau_s):
+    """``kappa(s)`` and ``kappa'(s) = e^{-s/tau_s} - kappa/tau_m`` (zero unless ``0 < s < inf``).
+
+    One ``exp`` per entry for the closed-form solvers, whose ratio ``tau_m / tau_s`` is fixed; the
+    stable form of `psp_kernel` for ``root`` (any ratio).
+    """
+    live = (s > 0) & jnp.isfinite(s)
+    s = jnp.where(live, s, 0.0)
+    if solver == "lambertw":
+        e_s = jnp.exp(-s / tau_s)
+        kappa, tau_m = s * e_s, tau_s
+    elif solver == "quadratic":  # kappa = 2 tau_s e_m (1 - e_m), e_m = e^{-s / 2 tau_s}
+        e_m = jnp.exp(-s / (2.0 * tau_s))
+        e_s, tau_m = e_m * e_m, 2.0 * tau_s
+        kappa = tau_m * (e_m - e_s)
+    else:
+        e_s = jnp.exp(-s / tau_s)
+        kappa = s * e_s * expm1_ratio(s * (1.0 / tau_s - 1.0 / tau_m))
+    return jnp.where(live, kappa, 0.0), jnp.where(live, e_s - kappa / tau_m, 0.0)
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _spike_times(solver: str, input_times, weights, params):
     return _forward(solver, input_times, weights, params)
 
 
-@_spike_times.defjvp
 def _spike_times_jvp(solver, primals, tangents):
+    """Implicit-function theorem at the spike: ``dT = -(dV - d theta) / V'(T)``.
+
+    ``dV`` and the slope ``V'(T)`` share one ``[n_in, n_out]`` kernel pass; tangents that are
+    symbolically zero (inputs or parameters not being differentiated) cost nothing. Reverse mode
+    stores ``kappa`` and ``w kappa'`` (two ``[n_in, n_out]`` arrays per sample).
+    """
     input_times, weights, params = primals
+    d_times, d_weights, d_params = tangents
     t_out = _spike_times(solver, input_times, weights, params)
     fired = jnp.isfinite(t_out)
     t_safe = jnp.where(fired, t_out, 0.0)
+    tau_m, tau_s = _row(params.tau_m), _row(params.tau_s)
+    kappa, dkappa = _kernels(solver, t_safe[None, :] - input_times[:, None], tau_m, tau_s)
+    w_dkappa = weights * dkappa
+    capacitance = params.capacitance
+    slope = jnp.sum(w_dkappa, axis=0) / capacitance
 
-    @jax.checkpoint  # reverse mode recomputes the [n_in, n_out] kernel instead of storing it
-    def potential(ti, w, p):
-        return layer_membrane(t_safe, ti, w, p)
+    def nonzero(t):
+        return not isinstance(t, SymbolicZero)
 
-    # F(T, theta) = V(T) - threshold = 0  =>  dT = -(dV - d threshold) / (dV/dT).
-    _, dv = jax.jvp(potential, primals, tangents)
-    dv = dv - tangents[2].threshold
-    _, slope = jax.jvp(lambda t: layer_membrane(t, input_times, weights, params), (t_safe,), (jnp.ones_like(t_safe),))
+    dv = jnp.zeros_like(t_out)
+    if nonzero(d_weights):
+        dv = dv + jnp.sum(d_weights * kappa, axis=0) / capacitance
+    if nonzero(d_times):
+        finite = jnp.isfinite(input_times)  # a silent input does not move
+        dv = dv - jnp.sum(jnp.where(finite, d_times, 0.0)[:, None] * w_dkappa, axis=0) / capacitance
+    moving = [k for k, t in zip(LIFParams._fields, d_params) if nonzero(t)]
+    if moving:
+
+        def potential(*values):
+            return layer_membrane(t_safe, input_times, weights, params._replace(**dict(zip(moving, values))))
+
+        _, dv_params = jax.jvp(
+            potential, tuple(getattr(params, k) for k in moving), tuple(getattr(d_params, k) for k in moving)
+        )
+        dv = dv + dv_params
+        if "threshold" in moving:
+            dv = dv - d_params.threshold
     eps = jnp.finfo(t_out.dtype).eps
     floor = jnp.sqrt(eps) * (params.threshold - params.e_leak) / params.tau_s
     dt = -dv / jnp.maximum(slope, floor)
     return t_out, jnp.where(fired, dt, 0.0)
+
+
+_spike_times.defjvp(_spike_times_jvp, symbolic_zeros=True)
 
 
 def layer_spike_times(
