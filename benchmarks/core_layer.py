@@ -29,6 +29,7 @@ def _median_seconds(fn, *args, repeats: int = 7) -> float:
 
 def bench_layer(batch: int, n_in: int, n_out: int, dtype) -> tuple[float, float]:
     import fsnn
+    from fsnn import xla
 
     key_t, key_w = jax.random.split(jax.random.key(0))
     times = jax.random.uniform(key_t, (batch, n_in), dtype, 0.15, 2.0)
@@ -38,13 +39,13 @@ def bench_layer(batch: int, n_in: int, n_out: int, dtype) -> tuple[float, float]
     def layer(t, w):
         return fsnn.layer_spike_times(t, w, params, solver="lambertw")
 
-    forward = jax.jit(jax.vmap(layer, in_axes=(0, None)))
+    forward = xla.jit(jax.vmap(layer, in_axes=(0, None)))
 
     def loss(w, t):
         out = jax.vmap(layer, in_axes=(0, None))(t, w)
         return jnp.sum(jnp.where(jnp.isfinite(out), out, 0.0))
 
-    backward = jax.jit(jax.value_and_grad(loss))
+    backward = xla.jit(jax.value_and_grad(loss))
     return batch / _median_seconds(forward, times, weights), batch / _median_seconds(backward, weights, times)
 
 

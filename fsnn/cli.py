@@ -9,6 +9,11 @@ from pathlib import Path
 
 __all__ = ["main"]
 
+DATA_DIR_HELP = (
+    "folder with one subfolder of original files per image dataset (mnist/, fashion_mnist/); "
+    "default $FSNN_DATA_DIR, else TFDS downloads them"
+)
+
 
 def _parse_sets(items: list[str]) -> dict[str, str]:
     from fsnn.train.config import ConfigError
@@ -36,7 +41,7 @@ def _train(args) -> int:
 
     from fsnn.train.loop import train_and_evaluate
 
-    results = train_and_evaluate(config, workdir, resume=args.resume, quiet=args.quiet)
+    results = train_and_evaluate(config, workdir, resume=args.resume, quiet=args.quiet, data_dir=args.data_dir)
     print(
         f"{config.name}: test accuracy {results['test_accuracy']:.4f}, best validation "
         f"{results['best_val_accuracy']:.4f}, {results['epochs']} epochs in {results['train_seconds']:.1f} s "
@@ -48,7 +53,7 @@ def _train(args) -> int:
 def _eval(args) -> int:
     from fsnn.train.loop import evaluate_run
 
-    results = evaluate_run(Path(args.workdir))
+    results = evaluate_run(Path(args.workdir), data_dir=args.data_dir)
     print(json.dumps(results, indent=2))
     return 0
 
@@ -65,20 +70,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run in --workdir from its last checkpoint")
     train.add_argument("--smoke", action="store_true", help="use the experiment's small smoke config")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--data-dir", help=DATA_DIR_HELP)
     train.set_defaults(func=_train)
     ev = sub.add_parser("eval", help="re-evaluate a saved run on its validation and test sets")
     ev.add_argument("workdir")
+    ev.add_argument("--data-dir", help=DATA_DIR_HELP)
     ev.set_defaults(func=_eval)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fsnn.data.images import DataError
     from fsnn.train.config import ConfigError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as err:  # user-fixable; anything else keeps its traceback
+    except (ConfigError, DataError, FileNotFoundError) as err:  # user-fixable; anything else keeps its traceback
         print(f"fsnn: error: {err}", file=sys.stderr)
         return 2
 

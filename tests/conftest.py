@@ -26,3 +26,22 @@ def shared_data_dir() -> Path:
     if not path.is_dir():
         raise RuntimeError(f"FSNN_DATA_DIR={value} is not a directory.")
     return path
+
+
+@pytest.fixture(scope="session")
+def mnist_prepared(tmp_path_factory, shared_data_dir) -> Path:
+    """MNIST prepared once per session (TFDS array_record, from the offline originals, no network)."""
+    import socket
+
+    from fsnn.data.images import load_images
+
+    prepared = tmp_path_factory.mktemp("tfds")
+
+    def refuse(*args, **kwargs):
+        raise OSError("networking is disabled in the tests")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket, "socket", refuse)
+        mp.setattr(socket, "create_connection", refuse)
+        load_images("mnist", data_dir=shared_data_dir, prepared_dir=prepared)
+    return prepared

@@ -43,3 +43,16 @@ def test_errors_are_one_clear_line(args, message, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and err.startswith("fsnn: error:")
+
+
+def test_missing_image_data_is_one_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "prepared"))
+    empty = tmp_path / "data"
+    (empty / "mnist").mkdir(parents=True)
+    code = main(
+        ["train", "mnist16", "--smoke", "--quiet", "--workdir", str(tmp_path / "run"), "--data-dir", str(empty)]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fsnn: error: missing data file") and str(empty / "mnist") in err
+    assert len(err.strip().splitlines()) == 1

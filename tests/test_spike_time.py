@@ -362,3 +362,17 @@ def test_sequential_and_parallel_prefix_search_agree(params, solver, monkeypatch
     np.testing.assert_array_equal(jnp.isfinite(parallel[0]), fired)
     np.testing.assert_allclose(parallel[0], sequential[0], rtol=1e-13)
     np.testing.assert_allclose(parallel[1], sequential[1], rtol=1e-11, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_integer_key_argsort_is_the_stable_argsort(dtype):
+    """The CPU sort path equals NumPy's stable argsort, ties, signed zeros and inf included."""
+    from fsnn.core.spike_time import _argsort, _argsort_by_int_keys
+
+    rng = np.random.default_rng(0)
+    pool = np.array([0.0, -0.0, 1.0, 2.5, np.inf, -1.0, 1e-30, -1e-30, 7.0])
+    rows = [rng.choice(pool, size=40) for _ in range(20)] + [rng.normal(size=40) for _ in range(20)]
+    x = np.stack(rows).astype(dtype)
+    expected = np.argsort(x, axis=1, kind="stable")
+    for fn in (_argsort, _argsort_by_int_keys):
+        np.testing.assert_array_equal(jax.jit(jax.vmap(fn))(jnp.asarray(x)), expected)

@@ -94,3 +94,11 @@ def test_remedies_are_reported():
     trainer = Trainer(off)
     _, metrics = trainer.train_epoch(trainer.init_state(), *data["train"])
     assert int(np.sum(metrics["bumps"])) == 0 and int(metrics["dropped_columns"]) == 0
+
+
+def test_mnist16_smoke_on_real_images_beats_chance(tmp_path, monkeypatch, mnist_prepared):
+    """One epoch on 5000 real 16 x 16 MNIST images (100 steps of 50): at least 3x chance (10 %)."""
+    monkeypatch.setenv("TFDS_DATA_DIR", str(mnist_prepared))
+    config = load_config("mnist16", smoke=True)
+    results = train_and_evaluate(config, tmp_path / "run", quiet=True)
+    assert results["test_accuracy"] >= 0.3, results

@@ -21,7 +21,14 @@ class ConfigError(ValueError):
 
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
-DATASETS = ("yinyang",)
+# dataset: (inputs, classes); image datasets end in "16" for the 16 x 16 encoding
+DATASETS = {
+    "yinyang": (4, 3),
+    "mnist": (784, 10),
+    "mnist16": (256, 10),
+    "fashion_mnist": (784, 10),
+    "fashion_mnist16": (256, 10),
+}
 LOSSES = ("ttfs", "mse")
 SOLVERS = ("auto", "lambertw", "quadratic", "root")
 DTYPES = ("float32", "float64")
@@ -83,11 +90,11 @@ class Config:
 
     @property
     def n_classes(self) -> int:
-        return {"yinyang": 3}[self.dataset]
+        return DATASETS[self.dataset][1]
 
     @property
     def n_inputs(self) -> int:
-        return {"yinyang": 4}[self.dataset]
+        return DATASETS[self.dataset][0]
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -104,7 +111,7 @@ class Config:
             raise ConfigError(f"config key `{key}` {why}")
 
         for key, allowed in (
-            ("dataset", DATASETS),
+            ("dataset", tuple(DATASETS)),
             ("loss", LOSSES),
             ("solver", SOLVERS),
             ("dtype", DTYPES),

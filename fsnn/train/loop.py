@@ -19,6 +19,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from fsnn import xla
+from fsnn.data.images import data_dir_from_env, encode_images, load_images
 from fsnn.data.yinyang import yinyang_splits
 from fsnn.encoding import add_input_noise, values_to_times
 from fsnn.losses import is_correct, mse_spike_time, ttfs_cross_entropy
@@ -37,22 +39,30 @@ class TrainState(NamedTuple):
     epoch: jax.Array  # epochs completed
 
 
-def load_data(config: Config) -> dict[str, tuple[jax.Array, jax.Array]]:
-    """Encoded input times ``[n, n_in]`` and labels ``[n]`` per split, on the default device."""
+def load_data(config: Config, data_dir: str | Path | None = None) -> dict[str, tuple[jax.Array, jax.Array]]:
+    """Encoded input times ``[n, n_in]`` and labels ``[n]`` per split, on the default device.
+
+    Yin-Yang is generated; image datasets come from `fsnn.data.load_images` (originals in
+    ``data_dir`` or ``$FSNN_DATA_DIR``, else downloaded by TFDS).
+    """
     dtype = jnp.dtype(config.dtype)
-    sizes = None
-    if config.train_size or config.eval_size:
-        big = 10**9
-        sizes = {
-            "train": config.train_size or big,
-            "validation": config.eval_size or big,
-            "test": config.eval_size or big,
+    cuts = {"train": config.train_size, "validation": config.eval_size, "test": config.eval_size}
+    if config.dataset == "yinyang":
+        splits = {
+            name: (values_to_times(split.samples, t_early=config.t_early, t_late=config.t_late), split.labels)
+            for name, split in yinyang_splits({k: v for k, v in cuts.items() if v}).items()
         }
-    splits = yinyang_splits(sizes)
+    else:
+        base, size = (config.dataset[:-2], 16) if config.dataset.endswith("16") else (config.dataset, 28)
+        images = load_images(base, data_dir=data_dir or data_dir_from_env())
+        splits = {
+            name: (encode_images(split.images, size=size, t_early=config.t_early, t_late=config.t_late), split.labels)
+            for name, split in images.items()
+        }
     out = {}
-    for name, split in splits.items():
-        times = values_to_times(jnp.asarray(split.samples, dtype), t_early=config.t_early, t_late=config.t_late)
-        out[name] = (times, jnp.asarray(split.labels, jnp.int32))
+    for name, (times, labels) in splits.items():
+        n = cuts[name] or len(labels)
+        out[name] = (jnp.asarray(times[:n], dtype), jnp.asarray(labels[:n], jnp.int32))
     return out
 
 
@@ -92,8 +102,8 @@ class Trainer:
             learning_rate=config.learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps
         )
         self.loss_fn = _sample_loss(config)
-        self.train_epoch = jax.jit(self._train_epoch)
-        self.evaluate = jax.jit(self._evaluate)
+        self.train_epoch = xla.jit(self._train_epoch)
+        self.evaluate = xla.jit(self._evaluate)
 
     def init_state(self) -> TrainState:
         dtype = jnp.dtype(self.config.dtype)
@@ -248,13 +258,18 @@ def _to_python(tree) -> Any:
 
 
 def train_and_evaluate(
-    config: Config, workdir: str | Path, *, resume: bool = False, quiet: bool = False
+    config: Config,
+    workdir: str | Path,
+    *,
+    resume: bool = False,
+    quiet: bool = False,
+    data_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` and write config, per-epoch metrics, checkpoints and results to ``workdir``.
 
     With ``resume=True`` training continues from the latest checkpoint in ``workdir`` and ends with
     exactly the weights an uninterrupted run would have (the data order and noise of epoch ``e``
-    depend only on ``(seed, e)``).
+    depend only on ``(seed, e)``). ``data_dir`` holds the original image files (see `load_data`).
     """
     _enable_dtype(config)
     workdir = Path(workdir)
@@ -276,7 +291,7 @@ def train_and_evaluate(
     workdir.mkdir(parents=True, exist_ok=True)
     config_file.write_text(config.to_json())
 
-    data = load_data(config)
+    data = load_data(config, data_dir)
     trainer = Trainer(config)
     state = trainer.init_state()
     if resume and has_run:
@@ -345,7 +360,7 @@ def _progress(total: int, initial: int, quiet: bool):
     return tqdm(total=total, initial=initial, unit="epoch", dynamic_ncols=True)
 
 
-def evaluate_run(workdir: Path) -> dict[str, Any]:
+def evaluate_run(workdir: Path, *, data_dir: str | Path | None = None) -> dict[str, Any]:
     """Re-evaluate the final checkpoint of a run directory on its validation and test sets."""
     workdir = Path(workdir)
     config_file = workdir / "config.json"
@@ -355,7 +370,7 @@ def evaluate_run(workdir: Path) -> dict[str, Any]:
     _enable_dtype(config)
     trainer = Trainer(config)
     state = checkpoint.restore_latest(workdir / "checkpoints", trainer.init_state())
-    data = load_data(config)
+    data = load_data(config, data_dir)
     out = {"epoch": int(state.epoch)}
     for split in ("validation", "test"):
         res = trainer.evaluate(state.params, *data[split])

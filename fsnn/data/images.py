@@ -1,0 +1,251 @@
+"""MNIST and Fashion-MNIST through tensorflow-datasets, without TensorFlow, and their spike encodings.
+
+TFDS's own ``mnist`` builders extract the gzip files with TensorFlow. The builders here read the
+original IDX files with Python's `gzip`, write TFDS ``array_record`` files once and read them back
+through TFDS's random-access data source, so neither preparing nor reading imports TensorFlow.
+
+Where the originals come from (first match wins):
+
+1. ``data_dir/<name>/`` — a folder holding the four ``.gz`` files of one dataset (the layout of
+   ``../shared/data``: ``DIR/mnist/``, ``DIR/fashion_mnist/``). ``data_dir`` is the ``--data-dir``
+   option or the ``FSNN_DATA_DIR`` environment variable. Nothing is downloaded then.
+2. Otherwise TFDS downloads them into ``prepared_dir/downloads/<name>/`` (one folder per dataset:
+   the file names collide).
+
+Every file's size and sha256 are checked before anything is prepared; TFDS writes into an
+``incomplete.*`` folder and renames it only when all splits are written, so a failed preparation
+leaves nothing a later run would trust. The prepared arrays live in ``prepared_dir`` (``$TFDS_DATA_DIR``
+or ``~/tensorflow_datasets``).
+
+Splits (Göltz et al. 2021): train = the first 50 000 training images, validation = the last 10 000,
+test = the 10 000 test images.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["DataError", "IMAGE_DATASETS", "load_images", "encode_images", "data_dir_from_env"]
+
+# name: (download URL base, {file: (size in bytes, sha256)}); the values TFDS records for its builders.
+_SOURCES = {
+    "mnist": (
+        "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        {
+            "train-images-idx3-ubyte.gz": (
+                9912422,
+                "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+            ),
+            "train-labels-idx1-ubyte.gz": (
+                28881,
+                "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+            ),
+            "t10k-images-idx3-ubyte.gz": (
+                1648877,
+                "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+            ),
+            "t10k-labels-idx1-ubyte.gz": (
+                4542,
+                "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+            ),
+        },
+    ),
+    "fashion_mnist": (
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        {
+            "train-images-idx3-ubyte.gz": (
+                26421880,
+                "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+            ),
+            "train-labels-idx1-ubyte.gz": (
+                29515,
+                "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+            ),
+            "t10k-images-idx3-ubyte.gz": (
+                4422102,
+                "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+            ),
+            "t10k-labels-idx1-ubyte.gz": (
+                5148,
+                "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+            ),
+        },
+    ),
+}
+IMAGE_DATASETS = tuple(_SOURCES)
+N_TRAIN = 50_000  # the rest of the 60 000 training images is the validation split
+
+
+class DataError(RuntimeError):
+    """A data file is missing, truncated or corrupt; the message names the file and the fix."""
+
+
+class Images(NamedTuple):
+    """One split: ``images [n, 28, 28]`` uint8 and ``labels [n]`` int32."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+def data_dir_from_env() -> Path | None:
+    """``$FSNN_DATA_DIR`` as a path, or ``None`` when unset."""
+    value = os.environ.get("FSNN_DATA_DIR")
+    return Path(value) if value else None
+
+
+def _check_file(path: Path, size: int, sha256: str, fix: str) -> None:
+    if not path.is_file():
+        raise DataError(f"missing data file {path}. {fix}")
+    actual = path.stat().st_size
+    if actual != size:
+        raise DataError(f"data file {path} has {actual} bytes, expected {size} (truncated or wrong file). {fix}")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != sha256:
+        raise DataError(f"data file {path} has sha256 {digest}, expected {sha256} (corrupt or wrong file). {fix}")
+
+
+def _read_idx(path: Path, kind: str) -> np.ndarray:
+    raw = gzip.decompress(path.read_bytes())
+    if kind == "images":
+        n, rows, cols = np.frombuffer(raw, ">i4", 3, offset=4)
+        return np.frombuffer(raw, np.uint8, offset=16).reshape(n, rows, cols)
+    return np.frombuffer(raw, np.uint8, offset=8)
+
+
+def _builder_class(name: str):
+    """The TF-free TFDS builder of dataset ``name`` (built lazily: importing TFDS takes seconds).
+
+    Its TFDS name (the folder under ``prepared_dir``) is ``fsnn_<name>``; it is not put in TFDS's
+    global registry.
+    """
+    import tensorflow_datasets as tfds
+
+    class IdxImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        """An IDX image dataset (MNIST layout) written as array_record by TFDS, without TensorFlow."""
+
+        VERSION = tfds.core.Version("1.0.0")
+        RELEASE_NOTES = {"1.0.0": "Original IDX files, original order kept in the `index` feature."}
+
+        def __init__(self, *, files: dict[str, Path], **kwargs):
+            self._files = files
+            super().__init__(**kwargs)
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self,
+                description=f"{name} from its original IDX files (fsnn, TensorFlow-free).",
+                features=tfds.features.FeaturesDict(
+                    {
+                        "image": tfds.features.Tensor(shape=(28, 28), dtype=np.uint8),
+                        "label": tfds.features.ClassLabel(num_classes=10),
+                        "index": tfds.features.Scalar(dtype=np.int32),
+                    }
+                ),
+                supervised_keys=("image", "label"),
+            )
+
+        def _split_generators(self, dl_manager):
+            f = self._files
+            return {
+                "train": self._generate_examples(f["train-images-idx3-ubyte.gz"], f["train-labels-idx1-ubyte.gz"]),
+                "test": self._generate_examples(f["t10k-images-idx3-ubyte.gz"], f["t10k-labels-idx1-ubyte.gz"]),
+            }
+
+        def _generate_examples(self, images_path, labels_path):
+            images, labels = _read_idx(images_path, "images"), _read_idx(labels_path, "labels")
+            for i in range(len(labels)):
+                yield i, {"image": images[i], "label": int(labels[i]), "index": i}
+
+    camel = "".join(part.capitalize() for part in name.split("_"))
+    return type(f"Fsnn{camel}", (IdxImages,), {}, skip_registration=True)
+
+
+def _locate_originals(name: str, data_dir: Path | None, prepared_dir: Path) -> dict[str, Path]:
+    """Checked paths of the four original files, from ``data_dir/name`` or downloaded."""
+    base_url, files = _SOURCES[name]
+    if data_dir is not None:
+        folder = Path(data_dir) / name
+        fix = (
+            f"Put the original {name} files ({', '.join(files)}) in {folder}, or point --data-dir / "
+            f"FSNN_DATA_DIR at a folder that holds {name}/ with them (unset it to download)."
+        )
+        for file, (size, sha) in files.items():
+            _check_file(folder / file, size, sha, fix)
+        return {file: folder / file for file in files}
+    import tensorflow_datasets as tfds
+
+    folder = prepared_dir / "downloads" / name
+    manager = tfds.download.DownloadManager(download_dir=folder)
+    paths = manager.download({file: base_url + file for file in files})
+    fix = f"Delete {folder} and retry, or download the files yourself and pass --data-dir."
+    for file, (size, sha) in files.items():
+        _check_file(Path(paths[file]), size, sha, fix)
+    return {file: Path(paths[file]) for file in files}
+
+
+def load_images(
+    name: str, *, data_dir: Path | str | None = None, prepared_dir: Path | str | None = None
+) -> dict[str, Images]:
+    """Train / validation / test images of ``name`` (``"mnist"`` or ``"fashion_mnist"``), in original order.
+
+    Prepares the TFDS array_record files on first use (from ``data_dir/name`` if given, else by
+    download) and reads them back with TFDS's data source; TensorFlow is never imported.
+    """
+    if name not in _SOURCES:
+        raise ValueError(f"`name` must be one of {IMAGE_DATASETS}; got {name!r}.")
+    prepared_dir = Path(prepared_dir or os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets")
+    builder_cls = _builder_class(name)
+    builder = builder_cls(files={}, data_dir=str(prepared_dir), file_format="array_record")
+    if not builder.is_prepared():
+        files = _locate_originals(name, Path(data_dir) if data_dir else None, prepared_dir)
+        builder = builder_cls(files=files, data_dir=str(prepared_dir), file_format="array_record")
+        builder.download_and_prepare(download_config=_quiet_config())
+    out = {}
+    for split, source in builder.as_data_source().items():
+        rows = source.__getitems__(range(len(source)))
+        order = np.argsort([r["index"] for r in rows])
+        images = np.stack([rows[i]["image"] for i in order])
+        labels = np.asarray([rows[i]["label"] for i in order], np.int32)
+        out[split] = Images(images, labels)
+    train = out.pop("train")
+    out["train"] = Images(train.images[:N_TRAIN], train.labels[:N_TRAIN])
+    out["validation"] = Images(train.images[N_TRAIN:], train.labels[N_TRAIN:])
+    return out
+
+
+def _quiet_config():
+    import tensorflow_datasets as tfds
+
+    return tfds.download.DownloadConfig(try_download_gcs=False)
+
+
+def encode_images(images: np.ndarray, *, size: int = 28, t_early: float = 0.15, t_late: float = 2.0) -> np.ndarray:
+    """Spike times ``[n, size * size]`` (float32) of uint8 images ``[n, 28, 28]`` (ink spikes early).
+
+    ``size=28``: ``t = t_early + (t_late - t_early) (1 - p / 256)`` per pixel (every pixel spikes).
+    ``size=16``: centre crop 24 x 24, bilinear resize (antialiased) to 16 x 16 of ``p / 255``, then
+    ``t = t_early + (t_late - t_early) (1 - v)``; pure-background pixels (``v = 0``) are silent (``inf``).
+    """
+    images = np.asarray(images)
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise ValueError(f"`images` must have shape [n, 28, 28]; got {images.shape}.")
+    span = t_late - t_early
+    if size == 28:
+        times = t_early + span * (1.0 - images.astype(np.float32) / 256.0)
+        return times.reshape(len(images), -1).astype(np.float32)
+    if size != 16:
+        raise ValueError(f"`size` must be 28 or 16; got {size}.")
+    import jax
+    import jax.numpy as jnp
+
+    crop = jnp.asarray(images[:, 2:26, 2:26], jnp.float32) / 255.0
+    small = np.asarray(jax.image.resize(crop, (len(images), 16, 16), "bilinear", antialias=True))
+    small = np.clip(small, 0.0, 1.0).reshape(len(images), -1)
+    times = t_early + span * (1.0 - small)
+    return np.where(small > 0, times, np.inf).astype(np.float32)

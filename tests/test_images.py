@@ -1,0 +1,120 @@
+"""fsnn.data.images: TF-free TFDS preparation from the original IDX files, offline, and encodings."""
+
+import gzip
+import shutil
+import socket
+import sys
+
+import numpy as np
+import pytest
+
+from fsnn.data.images import DataError, encode_images, load_images
+
+MNIST_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+
+
+def _raw(path):
+    """Independent IDX decoding for the comparison (header fields read, not assumed)."""
+    raw = gzip.decompress(path.read_bytes())
+    magic = int.from_bytes(raw[:4], "big")
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(magic & 0xFF)]
+    return np.frombuffer(raw[4 + 4 * len(dims) :], np.uint8).reshape(dims)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("networking is disabled in this test")
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_prepares_offline_without_tensorflow_and_keeps_the_original_order(mnist_prepared, shared_data_dir, no_network):
+    splits = load_images("mnist", prepared_dir=mnist_prepared)  # read back: no data_dir needed any more
+    assert "tensorflow" not in sys.modules
+    train_images = _raw(shared_data_dir / "mnist" / "train-images-idx3-ubyte.gz")
+    train_labels = _raw(shared_data_dir / "mnist" / "train-labels-idx1-ubyte.gz")
+    test_images = _raw(shared_data_dir / "mnist" / "t10k-images-idx3-ubyte.gz")
+    assert {k: len(v.labels) for k, v in splits.items()} == {"train": 50_000, "validation": 10_000, "test": 10_000}
+    np.testing.assert_array_equal(splits["train"].images, train_images[:50_000])
+    np.testing.assert_array_equal(splits["validation"].images, train_images[50_000:])
+    np.testing.assert_array_equal(splits["validation"].labels, train_labels[50_000:])
+    np.testing.assert_array_equal(splits["test"].images, test_images)
+    assert splits["train"].labels.dtype == np.int32
+
+
+@pytest.fixture
+def mnist_copy(tmp_path, shared_data_dir):
+    folder = tmp_path / "data" / "mnist"
+    folder.mkdir(parents=True)
+    for name in MNIST_FILES:
+        shutil.copy(shared_data_dir / "mnist" / name, folder / name)
+    return folder
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "corrupt"])
+def test_bad_files_give_one_clear_error_and_leave_nothing_prepared(tmp_path, mnist_copy, no_network, damage):
+    victim = mnist_copy / "t10k-labels-idx1-ubyte.gz"
+    data = victim.read_bytes()
+    if damage == "missing":
+        victim.unlink()
+    elif damage == "truncated":
+        victim.write_bytes(data[: len(data) // 2])
+    else:
+        victim.write_bytes(data[:100] + bytes([data[100] ^ 0xFF]) + data[101:])
+    prepared = tmp_path / "prepared"
+    with pytest.raises(DataError) as err:
+        load_images("mnist", data_dir=mnist_copy.parent, prepared_dir=prepared)
+    message = str(err.value)
+    assert str(victim) in message
+    assert {"missing": "missing", "truncated": "bytes", "corrupt": "sha256"}[damage] in message
+    assert "--data-dir" in message
+    assert not (prepared / "fsnn_mnist" / "1.0.0").exists()  # nothing a later run would trust
+
+
+def test_fashion_files_are_checked_in_their_own_folder(tmp_path, mnist_copy, no_network):
+    # MNIST files where Fashion-MNIST is expected: same names, wrong content -> rejected.
+    shutil.copytree(mnist_copy, mnist_copy.parent / "fashion_mnist")
+    with pytest.raises(DataError, match="fashion_mnist"):
+        load_images("fashion_mnist", data_dir=mnist_copy.parent, prepared_dir=tmp_path / "prepared")
+
+
+def test_unknown_dataset_is_named():
+    with pytest.raises(ValueError, match="cifar"):
+        load_images("cifar")
+
+
+def test_encode_28_follows_the_paper_formula():
+    images = np.zeros((2, 28, 28), np.uint8)
+    images[0, 3, 4] = 255
+    images[1] = 128
+    times = encode_images(images, size=28)
+    assert times.shape == (2, 784) and times.dtype == np.float32
+    np.testing.assert_allclose(times[0, 3 * 28 + 4], 0.15 + 1.85 * (1 - 255 / 256), rtol=1e-6)
+    np.testing.assert_allclose(times[0, 0], 2.0, rtol=1e-6)  # background spikes late (not silent) at 28 x 28
+    np.testing.assert_allclose(times[1], 0.15 + 1.85 * 0.5, rtol=1e-6)
+
+
+def test_encode_16_crops_resizes_and_silences_background():
+    images = np.zeros((3, 28, 28), np.uint8)
+    images[1] = 255
+    images[2, :2, :] = 255  # only outside the centre crop
+    images[2, 14, 14] = 255
+    times = encode_images(images, size=16)
+    assert times.shape == (3, 256)
+    assert np.all(np.isinf(times[0]))  # blank image: every input silent
+    np.testing.assert_allclose(times[1], 0.15, rtol=1e-6)  # full ink: every input at t_early
+    row = times[2]
+    assert 0 < np.isfinite(row).sum() <= 9  # the one centre pixel spreads to a few neighbours only
+    finite = row[np.isfinite(row)]
+    assert np.all((finite >= 0.15) & (finite < 2.0))
+    with pytest.raises(ValueError, match="size"):
+        encode_images(images, size=20)
+    with pytest.raises(ValueError, match="28, 28"):
+        encode_images(np.zeros((2, 16, 16), np.uint8))
