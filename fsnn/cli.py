@@ -41,7 +41,9 @@ def _train(args) -> int:
 
     from fsnn.train.loop import train_and_evaluate
 
-    results = train_and_evaluate(config, workdir, resume=args.resume, quiet=args.quiet, data_dir=args.data_dir)
+    results = train_and_evaluate(
+        config, workdir, resume=args.resume, quiet=args.quiet, data_dir=args.data_dir, figures=not args.no_figures
+    )
     print(
         f"{config.name}: test accuracy {results['test_accuracy']:.4f}, best validation "
         f"{results['best_val_accuracy']:.4f}, {results['epochs']} epochs in {results['train_seconds']:.1f} s "
@@ -58,6 +60,14 @@ def _eval(args) -> int:
     return 0
 
 
+def _plot(args) -> int:
+    from fsnn.plot import save_run_figures
+
+    for path in save_run_figures(Path(args.workdir), data_dir=args.data_dir):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fsnn", description="Single-spike networks with exact spike-time gradients.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,11 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--smoke", action="store_true", help="use the experiment's small smoke config")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--data-dir", help=DATA_DIR_HELP)
+    train.add_argument("--no-figures", action="store_true", help="skip the training figures at the end")
     train.set_defaults(func=_train)
     ev = sub.add_parser("eval", help="re-evaluate a saved run on its validation and test sets")
     ev.add_argument("workdir")
     ev.add_argument("--data-dir", help=DATA_DIR_HELP)
     ev.set_defaults(func=_eval)
+    plot = sub.add_parser("plot", help="draw every standard figure of a run into WORKDIR/figures")
+    plot.add_argument("workdir")
+    plot.add_argument("--data-dir", help=DATA_DIR_HELP)
+    plot.set_defaults(func=_plot)
     return parser
 
 

@@ -29,7 +29,7 @@ from fsnn.remedies import BumpState, apply_bump, bump_targets, drop_large_weight
 from fsnn.train import checkpoint
 from fsnn.train.config import Config, ConfigError
 
-__all__ = ["TrainState", "Trainer", "train_and_evaluate", "load_data"]
+__all__ = ["TrainState", "Trainer", "train_and_evaluate", "load_data", "evaluate_run", "restore_run"]
 
 
 class TrainState(NamedTuple):
@@ -264,12 +264,14 @@ def train_and_evaluate(
     resume: bool = False,
     quiet: bool = False,
     data_dir: str | Path | None = None,
+    figures: bool = True,
 ) -> dict[str, Any]:
     """Train ``config`` and write config, per-epoch metrics, checkpoints and results to ``workdir``.
 
     With ``resume=True`` training continues from the latest checkpoint in ``workdir`` and ends with
     exactly the weights an uninterrupted run would have (the data order and noise of epoch ``e``
     depend only on ``(seed, e)``). ``data_dir`` holds the original image files (see `load_data`).
+    With ``figures`` the training figures (`fsnn.plot.save_training_figures`) go to ``workdir/figures``.
     """
     _enable_dtype(config)
     workdir = Path(workdir)
@@ -349,6 +351,11 @@ def train_and_evaluate(
         "device": jax.devices()[0].device_kind,
     }
     (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    if figures:
+        from fsnn.plot import read_metrics, save_training_figures
+
+        kernels = [np.asarray(state.params["layers"][i]["kernel"]) for i in range(trainer.n_layers)]
+        save_training_figures(workdir, read_metrics(workdir), kernels)
     return results
 
 
@@ -360,8 +367,8 @@ def _progress(total: int, initial: int, quiet: bool):
     return tqdm(total=total, initial=initial, unit="epoch", dynamic_ncols=True)
 
 
-def evaluate_run(workdir: Path, *, data_dir: str | Path | None = None) -> dict[str, Any]:
-    """Re-evaluate the final checkpoint of a run directory on its validation and test sets."""
+def restore_run(workdir: str | Path) -> tuple[Config, Trainer, TrainState]:
+    """The config, a trainer and the latest checkpointed state of a run directory."""
     workdir = Path(workdir)
     config_file = workdir / "config.json"
     if not config_file.is_file():
@@ -370,6 +377,12 @@ def evaluate_run(workdir: Path, *, data_dir: str | Path | None = None) -> dict[s
     _enable_dtype(config)
     trainer = Trainer(config)
     state = checkpoint.restore_latest(workdir / "checkpoints", trainer.init_state())
+    return config, trainer, state
+
+
+def evaluate_run(workdir: str | Path, *, data_dir: str | Path | None = None) -> dict[str, Any]:
+    """Re-evaluate the final checkpoint of a run directory on its validation and test sets."""
+    config, trainer, state = restore_run(workdir)
     data = load_data(config, data_dir)
     out = {"epoch": int(state.epoch)}
     for split in ("validation", "test"):

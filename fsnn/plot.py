@@ -1,0 +1,306 @@
+"""Figures of single-spike networks (matplotlib). Every function returns a `matplotlib.figure.Figure`.
+
+Arrays in, figure out: the functions take spike times, labels, metrics rows or kernels, so they work
+in notebooks on anything. `save_run_figures(workdir)` draws the standard set of a run directory
+(written by `fsnn train`; also `fsnn plot WORKDIR`).
+
+Example:
+    >>> fig = output_time_histograms(np.array([[0.5, 1.0], [np.inf, 0.7]]), np.array([0, 1]))
+    >>> len(fig.axes)
+    2
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+__all__ = [
+    "training_curves",
+    "silent_fractions",
+    "weight_histograms",
+    "spike_raster",
+    "membrane_traces",
+    "output_time_histograms",
+    "confusion_matrix",
+    "yinyang_maps",
+    "save_training_figures",
+    "save_run_figures",
+    "read_metrics",
+]
+
+
+def read_metrics(workdir: str | Path) -> list[dict]:
+    """The rows of ``workdir/metrics.jsonl`` (one per epoch)."""
+    path = Path(workdir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {workdir} a run directory written by `fsnn train`?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def training_curves(metrics: Sequence[dict]) -> Figure:
+    """Loss and accuracy (train, validation) against epoch."""
+    epochs = [m["epoch"] for m in metrics]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
+    ax_loss.plot(epochs, [m["train_loss"] for m in metrics], label="train")
+    ax_loss.plot(epochs, [m["val_loss"] for m in metrics], label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="loss", yscale="log")
+    ax_acc.plot(epochs, [100 * m["train_accuracy"] for m in metrics], label="train")
+    ax_acc.plot(epochs, [100 * m["val_accuracy"] for m in metrics], label="validation")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)")
+    for ax in (ax_loss, ax_acc):
+        ax.legend()
+    return fig
+
+
+def silent_fractions(metrics: Sequence[dict]) -> Figure:
+    """Fraction of silent (sample, neuron) pairs per layer on the training set, and bumps, per epoch."""
+    epochs = [m["epoch"] for m in metrics]
+    silent = np.array([m["train_silent_fraction"] for m in metrics])
+    bumps = np.array([m["bumps"] for m in metrics])
+    fig, (ax_s, ax_b) = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
+    for layer in range(silent.shape[1]):
+        name = "output" if layer == silent.shape[1] - 1 else f"hidden {layer + 1}"
+        ax_s.plot(epochs, silent[:, layer], label=name)
+        ax_b.plot(epochs, bumps[:, layer], label=name)
+    ax_s.set(xlabel="epoch", ylabel="silent fraction (train)")
+    ax_b.set(xlabel="epoch", ylabel="weight bumps per epoch")
+    ax_s.legend()
+    return fig
+
+
+def weight_histograms(kernels: Sequence[np.ndarray], bins: int = 50) -> Figure:
+    """One histogram of the weights (bias rows included) per layer."""
+    fig, axes = plt.subplots(1, len(kernels), figsize=(3.2 * len(kernels), 3), layout="constrained", squeeze=False)
+    for i, (ax, kernel) in enumerate(zip(axes[0], kernels)):
+        ax.hist(np.ravel(kernel), bins=bins)
+        ax.set(title=f"layer {i + 1} ({np.shape(kernel)[0]}→{np.shape(kernel)[1]})", xlabel="weight")
+    axes[0, 0].set_ylabel("count")
+    return fig
+
+
+def spike_raster(
+    layer_times: Sequence[np.ndarray],
+    input_times: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    samples: Sequence[int] = (0, 1, 2),
+) -> Figure:
+    """Spikes of every layer for a few samples (one column each); the decision time is marked.
+
+    ``layer_times`` are ``[n_samples, n_neurons]`` per layer (``inf`` = silent); ``input_times`` adds
+    the input layer. The decision is the first output spike (dashed line, decided class in red).
+    """
+    layers = ([np.asarray(input_times)] if input_times is not None else []) + [np.asarray(t) for t in layer_times]
+    names = (["input"] if input_times is not None else []) + [
+        "output" if i == len(layer_times) - 1 else f"hidden {i + 1}" for i in range(len(layer_times))
+    ]
+    fig, axes = plt.subplots(
+        len(layers), len(samples), figsize=(3.2 * len(samples), 1.6 * len(layers) + 0.6), squeeze=False, sharex="col"
+    )
+    for col, s in enumerate(samples):
+        out = layers[-1][s]
+        decision = np.min(out)
+        for row, (times, name) in enumerate(zip(layers, names)):
+            ax = axes[row, col]
+            t = times[s]
+            fired = np.isfinite(t)
+            ax.scatter(t[fired], np.nonzero(fired)[0], s=6, color="k", marker="|")
+            ax.set_ylim(-0.5, len(t) - 0.5)
+            if row == len(layers) - 1 and np.isfinite(decision):
+                winner = int(np.argmin(out))
+                ax.scatter([decision], [winner], s=40, color="tab:red", marker="|")
+            if np.isfinite(decision):
+                ax.axvline(decision, color="tab:red", linestyle="--", linewidth=0.8)
+            if col == 0:
+                ax.set_ylabel(name)
+        title = f"sample {s}" + (f", label {int(labels[s])}" if labels is not None else "")
+        axes[0, col].set_title(title)
+        axes[-1, col].set_xlabel("time (τs)")
+    fig.tight_layout()
+    return fig
+
+
+def membrane_traces(
+    input_times: np.ndarray,
+    weights: np.ndarray,
+    params=None,
+    neurons: Sequence[int] = (0,),
+    t_max: float | None = None,
+    points: int = 600,
+) -> Figure:
+    """Exact membrane potentials of chosen neurons of a layer for one sample.
+
+    V(t) is the closed-form solution (`fsnn.membrane_potential`) evaluated at ``points`` times, not
+    a time-stepped integration; the threshold, the input spikes and each neuron's exact first
+    spike time (`fsnn.layer_spike_times`) are marked.
+    """
+    import jax.numpy as jnp
+
+    from fsnn.core.neuron import LIFParams, membrane_potential
+    from fsnn.core.spike_time import layer_spike_times
+
+    params = LIFParams() if params is None else params
+    input_times = np.asarray(input_times, np.float64)
+    weights = np.asarray(weights, np.float64)
+    spikes = np.asarray(layer_spike_times(jnp.asarray(input_times), jnp.asarray(weights), params))
+    finite = np.concatenate([input_times[np.isfinite(input_times)], spikes[np.isfinite(spikes)]])
+    t_max = t_max or (1.5 * float(finite.max()) + 1.0 if finite.size else 5.0)
+    grid = np.linspace(0.0, t_max, points)
+    fig, ax = plt.subplots(figsize=(6, 3.4), layout="constrained")
+    for j in neurons:
+        v = np.asarray(
+            membrane_potential(jnp.asarray(grid), jnp.asarray(input_times), jnp.asarray(weights[:, j]), params)
+        )
+        (line,) = ax.plot(grid, v, label=f"neuron {j}")
+        if np.isfinite(spikes[j]):
+            ax.plot([spikes[j]], [float(params.threshold)], "o", color=line.get_color())
+    ax.axhline(float(params.threshold), color="k", linestyle="--", linewidth=0.8, label="threshold")
+    for t in input_times[np.isfinite(input_times)]:
+        ax.axvline(t, color="0.8", linewidth=0.6, zorder=0)
+    ax.set(xlabel="time (τs)", ylabel="membrane potential", xlim=(0, t_max))
+    ax.legend(fontsize="small")
+    return fig
+
+
+def output_time_histograms(output_times: np.ndarray, labels: np.ndarray, bins: int = 40) -> Figure:
+    """Per class: spike times of the label neuron vs the other output neurons (finite times only)."""
+    output_times, labels = np.asarray(output_times), np.asarray(labels)
+    n_classes = output_times.shape[1]
+    cols = min(n_classes, 5)
+    rows = -(-n_classes // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.8 * cols, 2.4 * rows), layout="constrained", squeeze=False)
+    finite = output_times[np.isfinite(output_times)]
+    edges = np.linspace(finite.min(), finite.max() + 1e-9, bins + 1) if finite.size else bins
+    for c, ax in enumerate(axes.flat):
+        if c >= n_classes:
+            ax.remove()
+            continue
+        own = output_times[labels == c, c]
+        other = np.delete(output_times[labels == c], c, axis=1).ravel()
+        ax.hist(own[np.isfinite(own)], bins=edges, alpha=0.7, label="label neuron")
+        ax.hist(other[np.isfinite(other)], bins=edges, alpha=0.5, label="other neurons")
+        ax.set(title=f"class {c}", xlabel="output spike time (τs)")
+    axes.flat[0].legend(fontsize="small")
+    return fig
+
+
+def confusion_matrix(output_times: np.ndarray, labels: np.ndarray) -> Figure:
+    """Confusion matrix of first-spike decisions; samples with all outputs silent form a last column."""
+    output_times, labels = np.asarray(output_times), np.asarray(labels)
+    n = output_times.shape[1]
+    silent = ~np.any(np.isfinite(output_times), axis=1)
+    decided = np.where(silent, n, np.argmin(output_times, axis=1))
+    counts = np.zeros((n, n + 1), int)
+    np.add.at(counts, (labels, decided), 1)
+    fig, ax = plt.subplots(figsize=(0.55 * n + 2.5, 0.5 * n + 1.8), layout="constrained")
+    image = ax.imshow(counts, cmap="Blues")
+    for (i, j), value in np.ndenumerate(counts):
+        if value:
+            ax.text(j, i, str(value), ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(n + 1), [*map(str, range(n)), "silent"])
+    ax.set_yticks(range(n))
+    ax.set(xlabel="decision (first output spike)", ylabel="label")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    return fig
+
+
+def yinyang_maps(
+    output_times_fn: Callable[[np.ndarray], np.ndarray],
+    samples: np.ndarray,
+    labels: np.ndarray,
+    resolution: int = 100,
+) -> Figure:
+    """Yin-Yang: the data by class, the decision map and each output neuron's spike time over the plane.
+
+    ``output_times_fn`` maps points ``[n, 4]`` = (x, y, 1 - x, 1 - y) to output spike times ``[n, 3]``
+    (e.g. a trained network, encoding included). Like Figure 2 of Göltz et al. (2021).
+    """
+    xs = np.linspace(0.0, 1.0, resolution)
+    gx, gy = np.meshgrid(xs, xs)
+    grid = np.stack([gx.ravel(), gy.ravel(), 1 - gx.ravel(), 1 - gy.ravel()], axis=1)
+    times = np.asarray(output_times_fn(grid))
+    n_classes = times.shape[1]
+    decision = np.where(np.any(np.isfinite(times), axis=1), np.argmin(times, axis=1), -1).astype(float)
+    decision[decision < 0] = np.nan
+    samples, labels = np.asarray(samples), np.asarray(labels)
+    fig, axes = plt.subplots(1, 2 + n_classes, figsize=(3.1 * (2 + n_classes), 3.2), layout="constrained")
+    axes[0].scatter(samples[:, 0], samples[:, 1], c=labels, cmap="viridis", s=4, vmin=0, vmax=n_classes - 1)
+    axes[0].set_title("data (by class)")
+    axes[1].imshow(
+        decision.reshape(gx.shape), origin="lower", extent=(0, 1, 0, 1), cmap="viridis", vmin=0, vmax=n_classes - 1
+    )
+    axes[1].set_title("decision (first spike)")
+    finite = times[np.isfinite(times)]
+    vmin, vmax = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+    for c in range(n_classes):
+        image = axes[2 + c].imshow(
+            times[:, c].reshape(gx.shape), origin="lower", extent=(0, 1, 0, 1), cmap="magma", vmin=vmin, vmax=vmax
+        )
+        axes[2 + c].set_title(f"output {c} spike time")
+    fig.colorbar(image, ax=axes[2:], shrink=0.8, label="τs")
+    for ax in axes:
+        ax.set(xlabel="x", aspect="equal")
+    axes[0].set_ylabel("y")
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def save_training_figures(workdir: str | Path, metrics: Sequence[dict], kernels: Sequence[np.ndarray]) -> list[Path]:
+    """Training curves, silent fractions and weight histograms into ``workdir/figures/`` (PNG)."""
+    out = Path(workdir) / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    return [
+        _save(training_curves(metrics), out / "training_curves.png"),
+        _save(silent_fractions(metrics), out / "silent_fractions.png"),
+        _save(weight_histograms(kernels), out / "weight_histograms.png"),
+    ]
+
+
+def save_run_figures(workdir: str | Path, *, data_dir: str | Path | None = None) -> list[Path]:
+    """Draw every standard figure of a run directory into ``workdir/figures/`` (PNG); returns the paths.
+
+    The training figures (`save_training_figures`, which `fsnn train` draws at the end), then, from
+    a forward pass over the test set with the last checkpoint: spike raster, output-time
+    histograms, confusion matrix and, for Yin-Yang, the decision and spike-time maps.
+    """
+    import jax
+
+    from fsnn.encoding import values_to_times
+    from fsnn.nn import batched
+    from fsnn.train.loop import load_data, restore_run
+
+    workdir = Path(workdir)
+    config, trainer, state = restore_run(workdir)
+    kernels = [np.asarray(state.params["layers"][i]["kernel"]) for i in range(len(config.sizes))]
+    paths = save_training_figures(workdir, read_metrics(workdir), kernels)
+    out = workdir / "figures"
+    forward = jax.jit(lambda x: batched(trainer.graphdef, state.params, x))
+    x_test, y_test = load_data(config, data_dir)["test"]
+    layer_times = [np.asarray(t) for t in forward(x_test)]
+    labels = np.asarray(y_test)
+    paths += [
+        _save(spike_raster(layer_times, np.asarray(x_test), labels), out / "spike_raster.png"),
+        _save(output_time_histograms(layer_times[-1], labels), out / "output_time_histograms.png"),
+        _save(confusion_matrix(layer_times[-1], labels), out / "confusion_matrix.png"),
+    ]
+    if config.dataset == "yinyang":
+        from fsnn.data.yinyang import yinyang_splits
+
+        test = yinyang_splits({"test": config.eval_size} if config.eval_size else None)["test"]
+
+        def output_times(points):
+            times = values_to_times(points.astype(x_test.dtype), t_early=config.t_early, t_late=config.t_late)
+            return forward(times)[-1]
+
+        paths.append(_save(yinyang_maps(output_times, test.samples, test.labels), out / "yinyang_maps.png"))
+    return paths

@@ -1,0 +1,119 @@
+"""fsnn.plot: every figure drawn from a real short run, and checked for what it shows."""
+
+import dataclasses
+
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+from fsnn import LIFParams, layer_spike_times, plot
+from fsnn.cli import main
+from fsnn.train import load_config
+from fsnn.train.loop import train_and_evaluate
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A 3-epoch Yin-Yang run (smoke sizes), with its training figures."""
+    workdir = tmp_path_factory.mktemp("plot") / "run"
+    config = dataclasses.replace(load_config("yinyang", smoke=True), epochs=3, hidden=(30,))
+    train_and_evaluate(config, workdir, quiet=True)
+    return workdir
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def test_train_writes_training_figures_and_plot_draws_the_rest(run, capsys):
+    names = {p.name for p in (run / "figures").iterdir()}
+    assert {"training_curves.png", "silent_fractions.png", "weight_histograms.png"} <= names
+    assert main(["plot", str(run)]) == 0
+    printed = capsys.readouterr().out.split()
+    expected = {"spike_raster.png", "output_time_histograms.png", "confusion_matrix.png", "yinyang_maps.png"}
+    assert expected <= {p.split("/")[-1] for p in printed}
+    for name in expected:
+        png = (run / "figures" / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_training_curves_and_silent_fractions(run):
+    metrics = plot.read_metrics(run)
+    fig = plot.training_curves(metrics)
+    loss_ax, acc_ax = fig.axes
+    assert len(loss_ax.lines) == 2 and len(acc_ax.lines) == 2
+    np.testing.assert_allclose(acc_ax.lines[1].get_ydata(), [100 * m["val_accuracy"] for m in metrics])
+    fig = plot.silent_fractions(metrics)
+    assert len(fig.axes[0].lines) == 2  # one per layer
+    np.testing.assert_allclose(fig.axes[0].lines[1].get_ydata(), [m["train_silent_fraction"][1] for m in metrics])
+
+
+def test_weight_histograms_count_every_weight():
+    kernels = [np.random.default_rng(0).normal(size=(5, 30)), np.ones((31, 3))]
+    fig = plot.weight_histograms(kernels, bins=10)
+    assert len(fig.axes) == 2
+    for ax, kernel in zip(fig.axes, kernels):
+        assert sum(patch.get_height() for patch in ax.patches) == kernel.size
+
+
+def _network_times():
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0.15, 2.0, size=(6, 4))
+    w1, w2 = rng.normal(1.5, 0.8, size=(4, 12)), rng.normal(0.5, 0.8, size=(12, 3))
+    hidden = np.stack([np.asarray(layer_spike_times(jnp.asarray(xi), jnp.asarray(w1))) for xi in x])
+    out = np.stack([np.asarray(layer_spike_times(jnp.asarray(h), jnp.asarray(w2))) for h in hidden])
+    return x, [hidden, out]
+
+
+def test_spike_raster_marks_spikes_and_decisions():
+    x, times = _network_times()
+    fig = plot.spike_raster(times, x, labels=np.zeros(6, int), samples=(0, 1))
+    assert len(fig.axes) == 3 * 2  # (input, hidden, output) x samples
+    hidden_ax = fig.axes[2]  # row 1 (hidden), column 0
+    assert len(hidden_ax.collections[0].get_offsets()) == np.isfinite(times[0][0]).sum()
+    decision = np.min(times[1][0])
+    if np.isfinite(decision):
+        assert any(np.allclose(line.get_xdata(), decision) for line in hidden_ax.lines)
+
+
+def test_membrane_traces_cross_threshold_at_the_spike():
+    t_in = np.array([0.2, 0.6, 1.1])
+    w = np.array([[1.5, 0.2], [1.0, 0.1], [0.8, 0.3]])
+    params = LIFParams()
+    fig = plot.membrane_traces(t_in, w, params, neurons=(0, 1))
+    ax = fig.axes[0]
+    spike = float(layer_spike_times(jnp.asarray(t_in), jnp.asarray(w), params)[0])
+    trace = ax.lines[0]
+    t, v = trace.get_xdata(), trace.get_ydata()
+    first_above = t[np.argmax(v >= 1.0)]
+    assert abs(first_above - spike) <= t[1] - t[0]  # the exact solution crosses where the spike is
+    assert np.all(v[t < spike - (t[1] - t[0])] < 1.0)
+    marker_lines = [line for line in ax.lines if len(line.get_xdata()) == 1]
+    assert len(marker_lines) == 1  # neuron 1 stays silent: only neuron 0's spike is marked
+
+
+def test_histograms_and_confusion_matrix_count_samples():
+    times = np.array([[0.5, 1.0, 2.0], [1.2, 0.7, np.inf], [np.inf, np.inf, np.inf], [0.9, 0.8, 0.3]])
+    labels = np.array([0, 1, 2, 0])
+    fig = plot.confusion_matrix(times, labels)
+    counts = fig.axes[0].images[0].get_array()
+    assert counts.shape == (3, 4) and counts.sum() == 4
+    assert counts[0, 0] == 1 and counts[1, 1] == 1 and counts[2, 3] == 1 and counts[0, 2] == 1
+    fig = plot.output_time_histograms(times, labels, bins=5)
+    assert len(fig.axes) == 3
+    own = sum(p.get_height() for p in fig.axes[0].containers[0])
+    assert own == 2  # class 0: two samples, label neuron finite in both
+
+
+def test_yinyang_maps_show_decisions_over_the_plane():
+    def times_fn(points):  # neuron 0 fires early left, neuron 1 early right, neuron 2 never
+        return np.stack([0.5 + points[:, 0], 1.5 - points[:, 0], np.full(len(points), np.inf)], axis=1)
+
+    samples = np.random.default_rng(0).uniform(size=(50, 4))
+    fig = plot.yinyang_maps(times_fn, samples, np.arange(50) % 3, resolution=20)
+    decision = fig.axes[1].images[0].get_array()
+    assert decision.shape == (20, 20)
+    assert np.all(decision[:, :9] == 0) and np.all(decision[:, 11:] == 1)
