@@ -68,6 +68,22 @@ def _plot(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from fsnn.bench import format_table, run_benchmarks, write_json
+
+    report = run_benchmarks(
+        args.networks.split(","),
+        args.dtypes.split(","),
+        large_batch=args.large_batch,
+        steps=args.steps,
+        repeats=args.repeats,
+    )
+    print(format_table(report))
+    if args.json:
+        write_json(report, args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fsnn", description="Single-spike networks with exact spike-time gradients.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("workdir")
     plot.add_argument("--data-dir", help=DATA_DIR_HELP)
     plot.set_defaults(func=_plot)
+    bench = sub.add_parser("bench", help="training / inference throughput, compile time and memory")
+    bench.add_argument("--networks", default="yinyang,mnist16,bss2,mnist", help="comma-separated")
+    bench.add_argument("--dtypes", default="float32,float64", help="comma-separated")
+    bench.add_argument("--large-batch", type=int, default=1024)
+    bench.add_argument("--steps", type=int, default=4, help="training steps per timed call")
+    bench.add_argument("--repeats", type=int, default=5)
+    bench.add_argument("--json", help="also write the report as JSON to this file")
+    bench.set_defaults(func=_bench)
     return parser
 
 
