@@ -22,6 +22,21 @@ def run(tmp_path_factory):
     return workdir
 
 
+@pytest.fixture(scope="module")
+def run_times(run):
+    """Test-set inputs, labels and spike times of every layer of the short run's final network."""
+    import jax
+
+    from fsnn.nn import batched
+    from fsnn.train.loop import load_data, restore_run
+
+    config, trainer, state = restore_run(run)
+    x, y = load_data(config)["test"]
+    times = [np.asarray(t) for t in jax.jit(lambda v: batched(trainer.graphdef, state.params, v))(x)]
+    kernels = [np.asarray(state.params["layers"][i]["kernel"]) for i in range(len(config.sizes))]
+    return np.asarray(x), np.asarray(y), times, kernels
+
+
 @pytest.fixture(autouse=True)
 def close_figures():
     yield
@@ -51,32 +66,32 @@ def test_training_curves_and_silent_fractions(run):
     np.testing.assert_allclose(fig.axes[0].lines[1].get_ydata(), [m["train_silent_fraction"][1] for m in metrics])
 
 
-def test_weight_histograms_count_every_weight():
-    kernels = [np.random.default_rng(0).normal(size=(5, 30)), np.ones((31, 3))]
+def test_weight_histograms_count_every_weight(run_times):
+    kernels = run_times[3]
     fig = plot.weight_histograms(kernels, bins=10)
     assert len(fig.axes) == 2
     for ax, kernel in zip(fig.axes, kernels):
         assert sum(patch.get_height() for patch in ax.patches) == kernel.size
 
 
-def _network_times():
-    rng = np.random.default_rng(1)
-    x = rng.uniform(0.15, 2.0, size=(6, 4))
-    w1, w2 = rng.normal(1.5, 0.8, size=(4, 12)), rng.normal(0.5, 0.8, size=(12, 3))
-    hidden = np.stack([np.asarray(layer_spike_times(jnp.asarray(xi), jnp.asarray(w1))) for xi in x])
-    out = np.stack([np.asarray(layer_spike_times(jnp.asarray(h), jnp.asarray(w2))) for h in hidden])
-    return x, [hidden, out]
-
-
-def test_spike_raster_marks_spikes_and_decisions():
-    x, times = _network_times()
-    fig = plot.spike_raster(times, x, labels=np.zeros(6, int), samples=(0, 1))
+def test_spike_raster_marks_spikes_and_decisions(run_times):
+    x, labels, times, _ = run_times
+    fig = plot.spike_raster(times, x, labels=labels, samples=(0, 1))
     assert len(fig.axes) == 3 * 2  # (input, hidden, output) x samples
     hidden_ax = fig.axes[2]  # row 1 (hidden), column 0
     assert len(hidden_ax.collections[0].get_offsets()) == np.isfinite(times[0][0]).sum()
     decision = np.min(times[1][0])
     if np.isfinite(decision):
         assert any(np.allclose(line.get_xdata(), decision) for line in hidden_ax.lines)
+
+
+def test_membrane_traces_of_a_trained_neuron(run_times):
+    x, _, times, kernels = run_times
+    t_in = np.concatenate([x[0], [0.9]])  # the bias spike of the first layer
+    j = int(np.argmax(np.isfinite(times[0][0])))  # a hidden neuron that fires for sample 0
+    fig = plot.membrane_traces(t_in, kernels[0].astype(np.float64), neurons=(j,))
+    spike_marker = [line for line in fig.axes[0].lines if len(line.get_xdata()) == 1]
+    np.testing.assert_allclose(spike_marker[0].get_xdata()[0], times[0][0, j], rtol=1e-4)
 
 
 def test_membrane_traces_cross_threshold_at_the_spike():
@@ -93,6 +108,17 @@ def test_membrane_traces_cross_threshold_at_the_spike():
     assert np.all(v[t < spike - (t[1] - t[0])] < 1.0)
     marker_lines = [line for line in ax.lines if len(line.get_xdata()) == 1]
     assert len(marker_lines) == 1  # neuron 1 stays silent: only neuron 0's spike is marked
+
+
+def test_confusion_matrix_and_histograms_of_the_run(run_times):
+    _, labels, times, _ = run_times
+    out = times[-1]
+    counts = plot.confusion_matrix(out, labels).axes[0].images[0].get_array()
+    assert counts.sum() == len(labels)
+    assert np.trace(counts[:, :3]) == np.sum(np.isfinite(out.min(axis=1)) & (out.argmin(axis=1) == labels))
+    fig = plot.output_time_histograms(out, labels)
+    label_counts = [sum(p.get_height() for p in ax.containers[0]) for ax in fig.axes]
+    assert label_counts == [np.isfinite(out[labels == c, c]).sum() for c in range(3)]
 
 
 def test_histograms_and_confusion_matrix_count_samples():
