@@ -102,3 +102,16 @@ def test_mnist16_smoke_on_real_images_beats_chance(tmp_path, monkeypatch, mnist_
     config = load_config("mnist16", smoke=True)
     results = train_and_evaluate(config, tmp_path / "run", quiet=True)
     assert results["test_accuracy"] >= 0.3, results
+
+
+def test_select_best_reports_the_best_validation_weights(tmp_path):
+    config = dataclasses.replace(TINY, epochs=4, select_best=True, checkpoint_every=0)
+    results = train_and_evaluate(config, tmp_path / "run", quiet=True, figures=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    best = max(rows, key=lambda r: r["val_accuracy"])  # the first of equal maxima
+    assert results["best_epoch"] == best["epoch"] and results["best_val_accuracy"] == best["val_accuracy"]
+    trainer = Trainer(config)
+    restored = checkpoint.restore_latest(tmp_path / "run" / "best", trainer.init_state())
+    test = trainer.evaluate(restored.params, *load_data(config)["test"])
+    assert results["test_accuracy"] == pytest.approx(float(test["accuracy"]))
+    assert "final_test_accuracy" in results

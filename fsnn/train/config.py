@@ -81,6 +81,8 @@ class Config:
     max_missing: tuple[float, ...] = (0.3, 0.0)
     bump_output: str = "label"
     max_dw_norm: float | None = 0.2
+    # model selection: test the weights of the best validation epoch (saved under WORKDIR/best/)
+    select_best: bool = False
     # bookkeeping
     seed: int = 0
     checkpoint_every: int = 50

@@ -319,6 +319,8 @@ def train_and_evaluate(
         row.update(val_loss=float(val["loss"]), val_accuracy=float(val["accuracy"]))
         row["val_silent_fraction"] = _to_python(val["silent_fraction"])
         row["seconds"] = time.perf_counter() - e0
+        if row["val_accuracy"] > best_val and config.select_best:
+            checkpoint.save(workdir / "best", state)
         best_val = max(best_val, row["val_accuracy"])
         with metrics_file.open("a") as f:
             f.write(json.dumps(row) + "\n")
@@ -338,8 +340,14 @@ def train_and_evaluate(
     if val is None:  # nothing trained in this call (resumed at the last epoch)
         val = trainer.evaluate(state.params, x_val, y_val)
     epochs_run = config.epochs - start_epoch
+    chosen = {"final_test_accuracy": float(test["accuracy"])}
+    if config.select_best and (workdir / "best").exists():  # report the best-validation weights
+        best = checkpoint.restore_latest(workdir / "best", state)
+        test = trainer.evaluate(best.params, *data["test"])
+        chosen["best_epoch"] = int(best.epoch)
     results = {
         "test_accuracy": float(test["accuracy"]),
+        **chosen,
         "test_loss": float(test["loss"]),
         "val_accuracy": float(val["accuracy"]),
         "best_val_accuracy": best_val,
