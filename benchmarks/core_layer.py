@@ -10,21 +10,16 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 def _median_seconds(fn, *args, repeats: int = 7) -> float:
+    from fsnn.bench import median_seconds
+
     jax.block_until_ready(fn(*args))  # compile + warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return median_seconds(fn, *args, repeats=repeats)
 
 
 def bench_layer(batch: int, n_in: int, n_out: int, dtype) -> tuple[float, float]:

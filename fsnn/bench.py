@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["NETWORKS", "run_benchmarks", "format_table", "write_json"]
+__all__ = ["NETWORKS", "run_benchmarks", "format_table", "write_json", "median_seconds"]
 
 # name: (dataset giving n_inputs / n_classes, hidden sizes, published batch, config overrides)
 NETWORKS: dict[str, tuple[str, tuple[int, ...], int, dict[str, Any]]] = {
@@ -28,7 +28,8 @@ NETWORKS: dict[str, tuple[str, tuple[int, ...], int, dict[str, Any]]] = {
 }
 
 
-def _median_seconds(fn, *args, repeats: int) -> float:
+def median_seconds(fn, *args, repeats: int) -> float:
+    """Median wall time of ``fn(*args)`` over ``repeats`` synchronised calls (warm it up first)."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -67,12 +68,12 @@ def bench_network(name: str, dtype: str, *, large_batch: int, steps: int, repeat
             memory = compiled.memory_analysis()
             row["train_temp_bytes"] = int(getattr(memory, "temp_size_in_bytes", 0) or 0) if memory else None
         jax.block_until_ready(compiled(state, x, y))  # warm-up
-        row[f"{label}_samples_per_s"] = n / _median_seconds(compiled, state, x, y, repeats=repeats)
+        row[f"{label}_samples_per_s"] = n / median_seconds(compiled, state, x, y, repeats=repeats)
     forward = xla.jit(lambda p, x: batched(trainer.graphdef, p, x)[-1])
     x = _inputs(jax.random.key(2), large_batch, config.n_inputs, jnp.dtype(dtype))
     compiled = forward.lower(state.params, x).compile()
     jax.block_until_ready(compiled(state.params, x))
-    row["inference_images_per_s"] = large_batch / _median_seconds(compiled, state.params, x, repeats=repeats)
+    row["inference_images_per_s"] = large_batch / median_seconds(compiled, state.params, x, repeats=repeats)
     return row
 
 
