@@ -36,6 +36,12 @@ def _train(args) -> int:
         overrides["seed"] = str(args.seed)
     if args.epochs is not None:
         overrides["epochs"] = str(args.epochs)
+    if args.devices is not None:
+        overrides["devices"] = str(args.devices)
+    if args.distributed:  # multi-host: one process per host, cluster found from the environment
+        import jax
+
+        jax.distributed.initialize()
     config = apply_overrides(config, overrides)  # validated here, before anything compiles
     workdir = Path(args.workdir or f"runs/{config.name}-seed{config.seed}")
 
@@ -98,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--data-dir", help=DATA_DIR_HELP)
     train.add_argument("--no-figures", action="store_true", help="skip the training figures at the end")
+    train.add_argument("--devices", type=int, help="data-parallel over this many devices (0 = all visible)")
+    train.add_argument(
+        "--distributed", action="store_true", help="call jax.distributed.initialize() first (multi-host runs)"
+    )
     train.set_defaults(func=_train)
     ev = sub.add_parser("eval", help="re-evaluate a saved run on its validation and test sets")
     ev.add_argument("workdir")

@@ -70,3 +70,10 @@ def test_bench_prints_a_table_and_writes_json(tmp_path, capsys):
     for key in ("train_samples_per_s", "train_large_samples_per_s", "inference_images_per_s", "compile_seconds"):
         assert row[key] > 0
     assert main(["bench", "--networks", "resnet"]) == 2  # unknown network: one clear error
+
+
+def test_more_devices_than_visible_is_a_clear_error(tmp_path, capsys):
+    code = main(["train", "yinyang", "--smoke", "--quiet", "--workdir", str(tmp_path / "r"), "--devices", "64"])
+    assert code == 2
+    assert "`devices` is 64" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # nothing written

@@ -83,6 +83,8 @@ class Config:
     max_dw_norm: float | None = 0.2
     # model selection: test the weights of the best validation epoch (saved under WORKDIR/best/)
     select_best: bool = False
+    # data parallelism: batches sharded over this many devices (0 = all visible), parameters replicated
+    devices: int = 1
     # bookkeeping
     seed: int = 0
     checkpoint_every: int = 50
@@ -124,7 +126,7 @@ class Config:
         for key in ("batch_size", "eval_batch_size", "epochs", "lr_step"):
             if getattr(self, key) < 1:
                 bad(key, f"must be a positive integer; got {getattr(self, key)}.")
-        for key in ("train_size", "eval_size", "checkpoint_every"):
+        for key in ("train_size", "eval_size", "checkpoint_every", "devices"):
             if getattr(self, key) < 0:
                 bad(key, f"must be >= 0; got {getattr(self, key)}.")
         if any(h < 1 for h in self.hidden):

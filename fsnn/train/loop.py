@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fsnn import xla
 from fsnn.data.images import data_dir_from_env, encode_images, load_images
@@ -102,8 +103,13 @@ class Trainer:
             learning_rate=config.learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps
         )
         self.loss_fn = _sample_loss(config)
+        self.mesh = _data_mesh(config)
         self.train_epoch = xla.jit(self._train_epoch)
         self.evaluate = xla.jit(self._evaluate)
+
+    @property
+    def n_devices(self) -> int:
+        return 1 if self.mesh is None else self.mesh.size
 
     def init_state(self) -> TrainState:
         dtype = jnp.dtype(self.config.dtype)
@@ -113,6 +119,22 @@ class Trainer:
             BumpState.initial(self.config.bump_value, dtype),
             jnp.asarray(0, jnp.int32),
         )
+
+    def place(self, tree):
+        """Put arrays on the training devices, replicated (a no-op on one device)."""
+        if self.mesh is None:
+            return tree
+        sharding = NamedSharding(self.mesh, PartitionSpec())
+        if jax.process_count() > 1:  # every process holds the same full arrays
+            return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)), tree)
+        return jax.device_put(tree, sharding)
+
+    def _shard_batch(self, *arrays):
+        """Split the leading (sample) axis over the mesh's ``data`` axis (XLA inserts the all-reduces)."""
+        if self.mesh is None:
+            return arrays
+        sharding = NamedSharding(self.mesh, PartitionSpec("data"))
+        return tuple(jax.lax.with_sharding_constraint(a, sharding) for a in arrays)
 
     def forward(self, params: dict, x: jax.Array) -> list[jax.Array]:
         """Spike times of every layer for one sample."""
@@ -206,7 +228,7 @@ class Trainer:
 
         def body(st, inputs):
             i, v, k = inputs
-            return self._train_step(st, (x[i], y[i], v, k))
+            return self._train_step(st, (*self._shard_batch(x[i], y[i], v), k))
 
         state, metrics = jax.lax.scan(body, state, (idx, valid, keys))
         totals = jax.tree.map(lambda m: jnp.sum(m, axis=0), metrics)
@@ -232,7 +254,7 @@ class Trainer:
         yp = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)]).reshape(n_chunks, chunk)
 
         def run(args):
-            xc, yc = args
+            xc, yc = self._shard_batch(*args) if chunk % self.n_devices == 0 else args
             times = batched(self.graphdef, params, xc)
             return jax.vmap(self.loss_fn)(times[-1], yc), jax.vmap(is_correct)(times[-1], yc), times
 
@@ -245,6 +267,21 @@ class Trainer:
             "accuracy": jnp.sum(correct & valid) / n,
             "silent_fraction": jnp.stack([jnp.mean(~jnp.isfinite(t)) for t in times]),
         }
+
+
+def _data_mesh(config: Config) -> Mesh | None:
+    """A one-axis (``data``) mesh over the first ``config.devices`` devices, or ``None`` for one device."""
+    available = jax.devices()
+    n = config.devices or len(available)
+    if n > len(available):
+        raise ConfigError(f"config key `devices` is {n} but only {len(available)} device(s) are visible.")
+    if config.batch_size % n:
+        raise ConfigError(
+            f"config key `batch_size` ({config.batch_size}) must be divisible by the number of devices ({n})."
+        )
+    if n == 1:
+        return None
+    return jax.make_mesh((n,), ("data",), devices=available[:n], axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def _enable_dtype(config: Config) -> None:
@@ -274,6 +311,7 @@ def train_and_evaluate(
     With ``figures`` the training figures (`fsnn.plot.save_training_figures`) go to ``workdir/figures``.
     """
     _enable_dtype(config)
+    trainer = Trainer(config)  # device and batch checks fail here, before anything is written
     workdir = Path(workdir)
     ckpt_dir = workdir / "checkpoints"
     config_file, metrics_file = workdir / "config.json", workdir / "metrics.jsonl"
@@ -293,11 +331,11 @@ def train_and_evaluate(
     workdir.mkdir(parents=True, exist_ok=True)
     config_file.write_text(config.to_json())
 
-    data = load_data(config, data_dir)
-    trainer = Trainer(config)
+    data = trainer.place(load_data(config, data_dir))
     state = trainer.init_state()
     if resume and has_run:
         state = checkpoint.restore_latest(ckpt_dir, state)
+    state = trainer.place(state)
     start_epoch = int(state.epoch)
     history = []
     if metrics_file.exists() and start_epoch > 0:
@@ -342,7 +380,7 @@ def train_and_evaluate(
     epochs_run = config.epochs - start_epoch
     chosen = {"final_test_accuracy": float(test["accuracy"])}
     if config.select_best and (workdir / "best").exists():  # report the best-validation weights
-        best = checkpoint.restore_latest(workdir / "best", state)
+        best = trainer.place(checkpoint.restore_latest(workdir / "best", state))
         test = trainer.evaluate(best.params, *data["test"])
         chosen["best_epoch"] = int(best.epoch)
     results = {
