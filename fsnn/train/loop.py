@@ -321,7 +321,8 @@ def train_and_evaluate(
             f"`workdir` {workdir} already holds a run; pass --resume to continue it or choose a new --workdir."
         )
     if resume and config_file.exists():
-        saved = json.loads(config_file.read_text())
+        # Keys added to Config after the run was written take their defaults.
+        saved = json.loads(Config.from_dict(json.loads(config_file.read_text())).to_json())
         mine = json.loads(config.to_json())
         diff = sorted(k for k in mine if k != "epochs" and saved.get(k) != mine[k])
         if diff:
