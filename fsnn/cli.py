@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--smoke", action="store_true", help="use the experiment's small smoke config")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--data-dir", help=DATA_DIR_HELP)
-    train.add_argument("--no-figures", action="store_true", help="skip the training figures at the end")
+    train.add_argument("--no-figures", action="store_true", help="skip the figures at the end")
     train.add_argument("--devices", type=int, help="data-parallel over this many devices (0 = all visible)")
     train.add_argument(
         "--distributed", action="store_true", help="call jax.distributed.initialize() first (multi-host runs)"

@@ -2,7 +2,7 @@
 
 Arrays in, figure out: the functions take spike times, labels, metrics rows or kernels, so they work
 in notebooks on anything. `save_run_figures(workdir)` draws the standard set of a run directory
-(written by `fsnn train`; also `fsnn plot WORKDIR`).
+(written by `fsnn train`, which draws all but the Yin-Yang maps itself; also `fsnn plot WORKDIR`).
 
 Example:
     >>> fig = output_time_histograms(np.array([[0.5, 1.0], [np.inf, 0.7]]), np.array([0, 1]))
@@ -29,7 +29,7 @@ __all__ = [
     "output_time_histograms",
     "confusion_matrix",
     "yinyang_maps",
-    "save_training_figures",
+    "save_figures",
     "save_run_figures",
     "read_metrics",
 ]
@@ -255,23 +255,41 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def save_training_figures(workdir: str | Path, metrics: Sequence[dict], kernels: Sequence[np.ndarray]) -> list[Path]:
-    """Training curves, silent fractions and weight histograms into ``workdir/figures/`` (PNG)."""
+def save_figures(
+    workdir: str | Path,
+    metrics: Sequence[dict],
+    kernels: Sequence[np.ndarray],
+    inputs: np.ndarray | None = None,
+    layer_times: Sequence[np.ndarray] | None = None,
+    labels: np.ndarray | None = None,
+) -> list[Path]:
+    """The standard figures of a run into ``workdir/figures/`` (PNG); returns the paths.
+
+    Training curves, silent fractions and weight histograms; with the test set's ``inputs``,
+    ``layer_times`` and ``labels`` also the spike raster, output-time histograms and confusion
+    matrix. (`fsnn train` calls this at the end; `save_run_figures` adds the Yin-Yang maps.)
+    """
     out = Path(workdir) / "figures"
     out.mkdir(parents=True, exist_ok=True)
-    return [
+    paths = [
         _save(training_curves(metrics), out / "training_curves.png"),
         _save(silent_fractions(metrics), out / "silent_fractions.png"),
         _save(weight_histograms(kernels), out / "weight_histograms.png"),
     ]
+    if layer_times is not None:
+        paths += [
+            _save(spike_raster(layer_times, inputs, labels), out / "spike_raster.png"),
+            _save(output_time_histograms(layer_times[-1], labels), out / "output_time_histograms.png"),
+            _save(confusion_matrix(layer_times[-1], labels), out / "confusion_matrix.png"),
+        ]
+    return paths
 
 
 def save_run_figures(workdir: str | Path, *, data_dir: str | Path | None = None) -> list[Path]:
-    """Draw every standard figure of a run directory into ``workdir/figures/`` (PNG); returns the paths.
+    """Draw every standard figure of a run directory (last checkpoint) into ``workdir/figures/``.
 
-    The training figures (`save_training_figures`, which `fsnn train` draws at the end), then, from
-    a forward pass over the test set with the last checkpoint: spike raster, output-time
-    histograms, confusion matrix and, for Yin-Yang, the decision and spike-time maps.
+    `save_figures` on the test set, plus, for Yin-Yang, the decision and spike-time maps over the
+    unit square (one more compiled forward pass, for the grid).
     """
     import jax
 
@@ -282,25 +300,19 @@ def save_run_figures(workdir: str | Path, *, data_dir: str | Path | None = None)
     workdir = Path(workdir)
     config, trainer, state = restore_run(workdir)
     kernels = [np.asarray(state.params["layers"][i]["kernel"]) for i in range(len(config.sizes))]
-    paths = save_training_figures(workdir, read_metrics(workdir), kernels)
-    out = workdir / "figures"
-    forward = jax.jit(lambda x: batched(trainer.graphdef, state.params, x))
     x_test, y_test = load_data(config, data_dir)["test"]
-    layer_times = [np.asarray(t) for t in forward(x_test)]
-    labels = np.asarray(y_test)
-    paths += [
-        _save(spike_raster(layer_times, np.asarray(x_test), labels), out / "spike_raster.png"),
-        _save(output_time_histograms(layer_times[-1], labels), out / "output_time_histograms.png"),
-        _save(confusion_matrix(layer_times[-1], labels), out / "confusion_matrix.png"),
-    ]
+    times = [np.asarray(t) for t in trainer.evaluate(state.params, x_test, y_test)["times"]]
+    paths = save_figures(workdir, read_metrics(workdir), kernels, np.asarray(x_test), times, np.asarray(y_test))
     if config.dataset == "yinyang":
         from fsnn.data.yinyang import yinyang_splits
 
         test = yinyang_splits({"test": config.eval_size} if config.eval_size else None)["test"]
+        forward = jax.jit(lambda x: batched(trainer.graphdef, state.params, x)[-1])
 
         def output_times(points):
-            times = values_to_times(points.astype(x_test.dtype), t_early=config.t_early, t_late=config.t_late)
-            return forward(times)[-1]
+            return forward(values_to_times(points.astype(x_test.dtype), t_early=config.t_early, t_late=config.t_late))
 
-        paths.append(_save(yinyang_maps(output_times, test.samples, test.labels), out / "yinyang_maps.png"))
+        paths.append(
+            _save(yinyang_maps(output_times, test.samples, test.labels), workdir / "figures" / "yinyang_maps.png")
+        )
     return paths

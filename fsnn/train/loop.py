@@ -266,6 +266,7 @@ class Trainer:
             "loss": jnp.sum(jnp.where(valid, losses, 0.0)) / n,
             "accuracy": jnp.sum(correct & valid) / n,
             "silent_fraction": jnp.stack([jnp.mean(~jnp.isfinite(t)) for t in times]),
+            "times": times,  # every layer's spike times [n, n_layer] (for figures; stays on device)
         }
 
 
@@ -308,7 +309,7 @@ def train_and_evaluate(
     With ``resume=True`` training continues from the latest checkpoint in ``workdir`` and ends with
     exactly the weights an uninterrupted run would have (the data order and noise of epoch ``e``
     depend only on ``(seed, e)``). ``data_dir`` holds the original image files (see `load_data`).
-    With ``figures`` the training figures (`fsnn.plot.save_training_figures`) go to ``workdir/figures``.
+    With ``figures`` the standard figures (`fsnn.plot.save_figures`) go to ``workdir/figures``.
     """
     _enable_dtype(config)
     trainer = Trainer(config)  # device and batch checks fail here, before anything is written
@@ -398,11 +399,13 @@ def train_and_evaluate(
         "device": jax.devices()[0].device_kind,
     }
     (workdir / "results.json").write_text(json.dumps(results, indent=2))
-    if figures:
-        from fsnn.plot import read_metrics, save_training_figures
+    if figures:  # from the test evaluation above: no extra compilation
+        from fsnn.plot import read_metrics, save_figures
 
         kernels = [np.asarray(state.params["layers"][i]["kernel"]) for i in range(trainer.n_layers)]
-        save_training_figures(workdir, read_metrics(workdir), kernels)
+        x_test, y_test = data["test"]
+        times = [np.asarray(t) for t in test["times"]]
+        save_figures(workdir, read_metrics(workdir), kernels, np.asarray(x_test), times, np.asarray(y_test))
     return results
 
 
