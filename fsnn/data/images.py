@@ -205,7 +205,7 @@ def load_images(
     if not builder.is_prepared():
         files = _locate_originals(name, Path(data_dir) if data_dir else None, prepared_dir)
         builder = builder_cls(files=files, data_dir=str(prepared_dir), file_format="array_record")
-        builder.download_and_prepare(download_config=_quiet_config())
+        builder.download_and_prepare(download_config=_no_gcs())
     out = {}
     for split, source in builder.as_data_source().items():
         rows = source.__getitems__(range(len(source)))
@@ -219,7 +219,8 @@ def load_images(
     return out
 
 
-def _quiet_config():
+def _no_gcs():
+    """Prepare from the original files only (never fetch TFDS's pre-built copy from GCS)."""
     import tensorflow_datasets as tfds
 
     return tfds.download.DownloadConfig(try_download_gcs=False)
