@@ -105,6 +105,13 @@ def _sort_key(t: Array) -> Array:
     return jnp.where(bits < 0, bits ^ jnp.iinfo(bits.dtype).max, bits)
 
 
+def _sorted_keys_and_ranks(t: Array) -> tuple[Array, Array]:
+    """The sorted integer keys of ``t`` and each input's rank among them (the first of equal keys)."""
+    key = _sort_key(t)
+    sorted_key = jax.lax.sort(key)
+    return sorted_key, jnp.searchsorted(sorted_key, key, side="left", method="scan").astype(key.dtype)
+
+
 def _argsort_by_int_keys(t: Float[Array, " n"]) -> Array:
     """Stable argsort of one row from single-operand integer sorts.
 
@@ -113,9 +120,8 @@ def _argsort_by_int_keys(t: Float[Array, " n"]) -> Array:
     among them (the first of equal keys), then sort ``rank * n + index``, exact and stable.
     """
     n = t.shape[0]
-    key = _sort_key(t)
-    rank = jnp.searchsorted(jax.lax.sort(key), key, side="left", method="scan").astype(key.dtype)
-    return (jax.lax.sort(rank * n + jnp.arange(n, dtype=key.dtype)) % n).astype(jnp.int32)
+    _, rank = _sorted_keys_and_ranks(t)
+    return (jax.lax.sort(rank * n + jnp.arange(n, dtype=rank.dtype)) % n).astype(jnp.int32)
 
 
 def _argsort(t: Float[Array, " n"]) -> Array:
@@ -186,10 +192,8 @@ def _sorted_rows_by_int_keys(t, weights):
     The rows of a tie group after its first are zero (an input with no weight at no time gap
     leaves every prefix sum as it is), so no permutation is needed: a scatter-add by rank.
     """
-    key = _sort_key(t)
-    sorted_key = jax.lax.sort(key)
-    rank = jnp.searchsorted(sorted_key, key, side="left", method="scan")
-    bits = jnp.where(sorted_key < 0, sorted_key ^ jnp.iinfo(key.dtype).max, sorted_key)  # `_sort_key` inverted
+    sorted_key, rank = _sorted_keys_and_ranks(t)
+    bits = jnp.where(sorted_key < 0, sorted_key ^ jnp.iinfo(sorted_key.dtype).max, sorted_key)  # `_sort_key` inverted
     return jax.lax.bitcast_convert_type(bits, t.dtype), jnp.zeros_like(weights).at[rank].add(weights)
 
 
