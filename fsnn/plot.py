@@ -304,9 +304,10 @@ def save_run_figures(workdir: str | Path, *, data_dir: str | Path | None = None)
     times = [np.asarray(t) for t in trainer.evaluate(state.params, x_test, y_test)["times"]]
     paths = save_figures(workdir, read_metrics(workdir), kernels, np.asarray(x_test), times, np.asarray(y_test))
     if config.dataset == "yinyang":
-        from fsnn.data.yinyang import yinyang_splits
+        from fsnn.data.yinyang import PUBLISHED, yinyang
 
-        test = yinyang_splits({"test": config.eval_size} if config.eval_size else None)["test"]
+        size, seed = PUBLISHED["test"]
+        test = yinyang(min(config.eval_size or size, size), seed)  # the raw points behind x_test
         forward = jax.jit(lambda x: batched(trainer.graphdef, state.params, x)[-1])
 
         def output_times(points):

@@ -381,10 +381,11 @@ def train_and_evaluate(
         val = trainer.evaluate(state.params, x_val, y_val)
     epochs_run = config.epochs - start_epoch
     chosen = {"final_test_accuracy": float(test["accuracy"])}
-    if config.select_best and (workdir / "best").exists():  # report the best-validation weights
-        best = trainer.place(checkpoint.restore_latest(workdir / "best", state))
-        test = trainer.evaluate(best.params, *data["test"])
-        chosen["best_epoch"] = int(best.epoch)
+    reported = state  # the weights whose test results (and figures) are reported
+    if config.select_best and (workdir / "best").exists():
+        reported = trainer.place(checkpoint.restore_latest(workdir / "best", state))
+        test = trainer.evaluate(reported.params, *data["test"])
+        chosen["best_epoch"] = int(reported.epoch)
     results = {
         "test_accuracy": float(test["accuracy"]),
         **chosen,
@@ -402,7 +403,7 @@ def train_and_evaluate(
     if figures:  # from the test evaluation above: no extra compilation
         from fsnn.plot import read_metrics, save_figures
 
-        kernels = [np.asarray(state.params["layers"][i]["kernel"]) for i in range(trainer.n_layers)]
+        kernels = [np.asarray(reported.params["layers"][i]["kernel"]) for i in range(trainer.n_layers)]
         x_test, y_test = data["test"]
         times = [np.asarray(t) for t in test["times"]]
         save_figures(workdir, read_metrics(workdir), kernels, np.asarray(x_test), times, np.asarray(y_test))
