@@ -48,7 +48,6 @@ def _inputs(key, n: int, n_in: int, dtype) -> jax.Array:
 def bench_network(name: str, dtype: str, *, large_batch: int, steps: int, repeats: int) -> dict[str, Any]:
     """One row: training samples/s (published and large batch), inference images/s, compile s, memory."""
     from fsnn import xla
-    from fsnn.nn import batched
     from fsnn.train import Config
     from fsnn.train.loop import Trainer
 
@@ -62,15 +61,15 @@ def bench_network(name: str, dtype: str, *, large_batch: int, steps: int, repeat
         x = _inputs(jax.random.key(0), n, config.n_inputs, jnp.dtype(dtype))
         y = jax.random.randint(jax.random.key(1), (n,), 0, config.n_classes, jnp.int32)
         start = time.perf_counter()
-        compiled = trainer.train_epoch.lower(state, x, y).compile()
+        compiled = trainer.jit_train_epoch.lower(state, x, y, trainer.hp).compile()
         if label == "train":
             row["compile_seconds"] = time.perf_counter() - start
             memory = compiled.memory_analysis()
             row["train_temp_bytes"] = int(getattr(memory, "temp_size_in_bytes", 0) or 0) if memory else None
-        jax.block_until_ready(compiled(state, x, y))  # warm-up
-        row[f"{label}_samples_per_s"] = n / median_seconds(compiled, state, x, y, repeats=repeats)
-    graphdef, params = trainer.graphdef, state.params  # the network is the same at either batch size
-    forward = xla.jit(lambda p, x: batched(graphdef, p, x)[-1])
+        jax.block_until_ready(compiled(state, x, y, trainer.hp))  # warm-up
+        row[f"{label}_samples_per_s"] = n / median_seconds(compiled, state, x, y, trainer.hp, repeats=repeats)
+    params = state.params  # the network is the same at either batch size
+    forward = xla.jit(lambda p, x: trainer.forward_batch(p, x)[-1])
     x = _inputs(jax.random.key(2), large_batch, config.n_inputs, jnp.dtype(dtype))
     compiled = forward.lower(params, x).compile()
     jax.block_until_ready(compiled(params, x))

@@ -1,4 +1,4 @@
-"""Command line: ``fsnn train``, ``fsnn eval``. Thin: parsing and printing only."""
+"""Command line: ``fsnn train | sweep | eval | plot | bench``. Thin: parsing and printing only."""
 
 from __future__ import annotations
 
@@ -58,6 +58,38 @@ def _train(args) -> int:
     return 0
 
 
+def _parse_grid(items: list[str]) -> dict[str, list]:
+    """``key=v1,v2,...`` -> ``{key: [v1, v2, ...]}``; values may be Python literals (tuples too)."""
+    import ast
+
+    grid = {}
+    for key, raw in _parse_sets(items).items():
+        try:
+            values = ast.literal_eval(f"[{raw}]")
+        except (ValueError, SyntaxError):  # bare words, e.g. loss=ttfs,mse
+            values = [v.strip() for v in raw.split(",")]
+        grid[key] = values
+    return grid
+
+
+def _sweep(args) -> int:
+    from fsnn.train.config import apply_overrides, load_config
+    from fsnn.train.sweep import expand_grid, format_summary, summarize, sweep
+
+    base = load_config(args.experiment, smoke=args.smoke)
+    if args.epochs is not None:
+        base = apply_overrides(base, {"epochs": args.epochs})
+    if args.seed is not None:
+        base = apply_overrides(base, {"seed": args.seed})
+    configs = expand_grid(base, args.seeds, _parse_grid(args.set))  # all validated before compiling
+    workdir = Path(args.workdir or f"runs/{base.name}-sweep")
+    rows, _ = sweep(configs, workdir, base=base, quiet=args.quiet, data_dir=args.data_dir)
+    print(format_summary(summarize(rows)))
+    seconds = sum({r["group"]: r["group_train_seconds"] for r in rows}.values())
+    print(f"{len(rows)} runs in {seconds:.1f} s of training -> {workdir / 'sweep.json'}")
+    return 0
+
+
 def _eval(args) -> int:
     from fsnn.train.loop import evaluate_run
 
@@ -109,6 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--distributed", action="store_true", help="call jax.distributed.initialize() first (multi-host runs)"
     )
     train.set_defaults(func=_train)
+    sw = sub.add_parser("sweep", help="train many seeds and settings at once (vmapped runs)")
+    sw.add_argument("experiment", help="a config name under experiments/ or a path to a .py file")
+    sw.add_argument("--seeds", type=int, default=1, help="seeds per setting: seed, seed+1, ... (default 1)")
+    sw.add_argument("--seed", type=int, help="the first seed (default: the config's)")
+    sw.add_argument(
+        "--set", action="append", default=[], metavar="KEY=V1,V2,...", help="values of a config key to sweep"
+    )
+    sw.add_argument("--epochs", type=int)
+    sw.add_argument("--workdir", help="where sweep.json and metrics.jsonl go")
+    sw.add_argument("--smoke", action="store_true", help="use the experiment's small smoke config")
+    sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.add_argument("--data-dir", help=DATA_DIR_HELP)
+    sw.set_defaults(func=_sweep)
     ev = sub.add_parser("eval", help="re-evaluate a saved run on its validation and test sets")
     ev.add_argument("workdir")
     ev.add_argument("--data-dir", help=DATA_DIR_HELP)

@@ -10,12 +10,12 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 from fsnn.core.neuron import LIFParams
 from fsnn.core.spike_time import layer_spike_times, resolve_solver
@@ -79,16 +79,25 @@ class SpikingDense(nnx.Module):
 
     @property
     def neuron(self) -> LIFParams:
+        return self.neuron_with()
+
+    def neuron_with(self, fixed: Mapping[str, ArrayLike] | None = None) -> LIFParams:
+        """The neuron parameters, with the fixed (not learned) ones optionally replaced by ``fixed``."""
         values = dict(self.neuron_fixed)
+        if fixed is not None:
+            values.update({k: v for k, v in fixed.items() if k in self.neuron_fixed})
         values.update({k: v[...] for k, v in self.neuron_learned.items()})
         return LIFParams(**values)
 
-    def __call__(self, input_times: Float[Array, " n_in"]) -> Float[Array, " n_out"]:
+    def __call__(
+        self, input_times: Float[Array, " n_in"], neuron: Mapping[str, ArrayLike] | None = None
+    ) -> Float[Array, " n_out"]:
+        """Spike times ``[n_out]``; ``neuron`` may supply values (arrays) for the fixed neuron parameters."""
         kernel = self.kernel[...]
         input_times = jnp.asarray(input_times, kernel.dtype)  # compute in the parameters' dtype
         if self.bias_times:
             input_times = jnp.concatenate([input_times, jnp.asarray(self.bias_times, input_times.dtype)])
-        return layer_spike_times(input_times, kernel, self.neuron, solver=self.solver)
+        return layer_spike_times(input_times, kernel, self.neuron_with(neuron), solver=self.solver)
 
 
 class SpikingNetwork(nnx.Module):
@@ -122,18 +131,26 @@ class SpikingNetwork(nnx.Module):
             ]
         )
 
-    def __call__(self, input_times: Float[Array, " n_in"]) -> list[Float[Array, " n"]]:
+    def __call__(
+        self, input_times: Float[Array, " n_in"], neurons: Sequence[Mapping[str, ArrayLike]] | None = None
+    ) -> list[Float[Array, " n"]]:
+        """Spike times of every layer; ``neurons`` optionally gives each layer's fixed neuron values."""
         out = []
-        for layer in self.layers:
-            input_times = layer(input_times)
+        for i, layer in enumerate(self.layers):
+            input_times = layer(input_times, None if neurons is None else neurons[i])
             out.append(input_times)
         return out
 
 
-def batched(graphdef: nnx.GraphDef, state: nnx.State, input_times: Float[Array, "batch n_in"]) -> list[Array]:
+def batched(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    input_times: Float[Array, "batch n_in"],
+    neurons: Sequence[Mapping[str, ArrayLike]] | None = None,
+) -> list[Array]:
     """Apply a split model to a batch: the one `jax.vmap` over samples of the library."""
 
     def one(x):
-        return nnx.merge(graphdef, state)(x)
+        return nnx.merge(graphdef, state)(x, neurons)
 
     return jax.vmap(one)(input_times)

@@ -294,7 +294,6 @@ def save_run_figures(workdir: str | Path, *, data_dir: str | Path | None = None)
     import jax
 
     from fsnn.encoding import values_to_times
-    from fsnn.nn import batched
     from fsnn.train.loop import load_data, restore_run
 
     workdir = Path(workdir)
@@ -308,7 +307,7 @@ def save_run_figures(workdir: str | Path, *, data_dir: str | Path | None = None)
 
         size, seed = PUBLISHED["test"]
         test = yinyang(min(config.eval_size or size, size), seed)  # the raw points behind x_test
-        forward = jax.jit(lambda x: batched(trainer.graphdef, state.params, x)[-1])
+        forward = jax.jit(lambda x: trainer.forward_batch(state.params, x)[-1])
 
         def output_times(points):
             return forward(values_to_times(points.astype(x_test.dtype), t_early=config.t_early, t_late=config.t_late))

@@ -60,7 +60,7 @@ def bump_targets(
             fraction = jnp.sum(jnp.any(label_silent, axis=1)) / n_valid
         else:
             fraction = jnp.sum(silent) / (n_valid * times.shape[1])
-        offends = fraction > max_missing[i]
+        offends = fraction.astype(times.dtype) > max_missing[i]
         chosen = jnp.where((chosen < 0) & offends, i, chosen)
         targets.append(jnp.any(silent, axis=0))  # every neuron silent for some sample
     return chosen, targets

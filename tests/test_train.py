@@ -52,7 +52,7 @@ def test_epoch_compiles_once():
     state = trainer.init_state()
     state, _ = trainer.train_epoch(state, *data["train"])
     state, metrics = trainer.train_epoch(state, *data["train"])
-    assert trainer.train_epoch._cache_size() == 1
+    assert trainer.jit_train_epoch._cache_size() == 1
     assert int(state.epoch) == 2
     assert np.isfinite(float(metrics["train_loss"]))
 

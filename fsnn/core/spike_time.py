@@ -109,7 +109,7 @@ def _sorted_keys_and_ranks(t: Array) -> tuple[Array, Array]:
     """The sorted integer keys of ``t`` and each input's rank among them (the first of equal keys)."""
     key = _sort_key(t)
     sorted_key = jax.lax.sort(key)
-    return sorted_key, jnp.searchsorted(sorted_key, key, side="left", method="scan").astype(key.dtype)
+    return sorted_key, jnp.searchsorted(sorted_key, key, side="left", method="scan_unrolled").astype(key.dtype)
 
 
 def _argsort_by_int_keys(t: Float[Array, " n"]) -> Array:

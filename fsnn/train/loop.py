@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -30,7 +31,15 @@ from fsnn.remedies import BumpState, apply_bump, bump_targets, drop_large_weight
 from fsnn.train import checkpoint
 from fsnn.train.config import Config, ConfigError
 
-__all__ = ["TrainState", "Trainer", "train_and_evaluate", "load_data", "evaluate_run", "restore_run"]
+__all__ = [
+    "TrainState",
+    "Trainer",
+    "hyperparameters",
+    "train_and_evaluate",
+    "load_data",
+    "evaluate_run",
+    "restore_run",
+]
 
 
 class TrainState(NamedTuple):
@@ -68,6 +77,7 @@ def load_data(config: Config, data_dir: str | Path | None = None) -> dict[str, t
 
 
 def build_model(config: Config) -> SpikingNetwork:
+    """The network of ``config`` with freshly initialised parameters (seed ``config.seed``)."""
     return SpikingNetwork(
         config.n_inputs,
         config.sizes,
@@ -82,16 +92,68 @@ def build_model(config: Config) -> SpikingNetwork:
     )
 
 
+# Config keys a compiled run reads as arrays (`hyperparameters`), not as constants: runs that
+# differ only in these share one program (`fsnn.train.sweep`) and can be differentiated in them
+# (`fsnn.train.hypergrad`). The time constants join them when the solver is "root".
+DYNAMIC_KEYS = (
+    "seed", "init", "learning_rate", "lr_step", "lr_gamma", "xi", "alpha", "beta", "silent_loss", "mse_targets",
+    "input_noise", "bump_value", "max_missing", "max_dw_norm", "threshold", "g_leak", "e_leak",
+)  # fmt: skip
+NEURON_KEYS = ("tau_m", "tau_s", "threshold", "g_leak", "e_leak")
+
+
+def hyperparameters(config: Config) -> dict[str, Any]:
+    """The dynamic config values of a run as arrays (in the run's dtype; seed and step as int32).
+
+    ``init`` is ``[n_layers, 2]`` (mean, std); ``neuron`` maps each `LIFParams` field to one value per
+    layer (the fixed value, or the initial value of a learned one).
+    """
+    dtype = jnp.dtype(config.dtype)
+    n_layers = len(config.sizes)
+
+    def arr(value):
+        return jnp.asarray(value, dtype)
+
+    return {
+        "seed": jnp.asarray(config.seed, jnp.int32),
+        "init": arr(config.init),
+        "learning_rate": arr(config.learning_rate),
+        "lr_step": jnp.asarray(config.lr_step, jnp.int32),
+        "lr_gamma": arr(config.lr_gamma),
+        "xi": arr(config.xi),
+        "alpha": arr(config.alpha),
+        "beta": arr(config.beta),
+        "silent_loss": arr(config.silent_loss),
+        "mse_targets": arr(config.mse_targets),
+        "input_noise": arr(config.input_noise),
+        "bump_value": arr(config.bump_value),
+        "max_missing": arr(config.max_missing),
+        "max_dw_norm": arr(config.max_dw_norm or 0.0),
+        "neuron": {k: arr([getattr(config, k)] * n_layers) for k in NEURON_KEYS},
+    }
+
+
+def standard_normal_kernels(config: Config) -> list[jax.Array]:
+    """Per layer, the seed's N(0, 1) draws behind the initial kernels (kernel = mean + std * draw)."""
+    standard = dataclasses.replace(config, init=((0.0, 1.0),) * len(config.sizes))
+    return [layer.kernel[...] for layer in build_model(standard).layers]
+
+
 def _sample_loss(config: Config):
+    """``loss(times [n_out], label, hp)`` for one sample; loss parameters come from ``hp``."""
     if config.loss == "ttfs":
-        return lambda t, y: ttfs_cross_entropy(
-            t, y, xi=config.xi, alpha=config.alpha, beta=config.beta, silent_loss=config.silent_loss
+        return lambda t, y, hp: ttfs_cross_entropy(
+            t, y, xi=hp["xi"], alpha=hp["alpha"], beta=hp["beta"], silent_loss=hp["silent_loss"]
         )
-    return lambda t, y: mse_spike_time(t, y, t_correct=config.mse_targets[0], t_wrong=config.mse_targets[1])
+    return lambda t, y, hp: mse_spike_time(t, y, t_correct=hp["mse_targets"][0], t_wrong=hp["mse_targets"][1])
 
 
 class Trainer:
-    """Compiled training and evaluation for one config (one compilation per run)."""
+    """Compiled training and evaluation for one config (one compilation per run).
+
+    The compiled functions take the run's `hyperparameters` as an argument (default: ``self.hp``,
+    those of ``config``); everything else in ``config`` is fixed at compile time.
+    """
 
     def __init__(self, config: Config):
         self.config = config
@@ -99,24 +161,48 @@ class Trainer:
         self.graphdef, state = nnx.split(model)
         self.init_params = nnx.to_pure_dict(state)
         self.n_layers = len(config.sizes)
+        self.hp = hyperparameters(config)
+        self.normals = standard_normal_kernels(config)
         self.optimizer = optax.inject_hyperparams(optax.adam)(
             learning_rate=config.learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps
         )
         self.loss_fn = _sample_loss(config)
         self.mesh = _data_mesh(config)
-        self.train_epoch = xla.jit(self._train_epoch)
-        self.evaluate = xla.jit(self._evaluate)
+        self.jit_train_epoch = xla.jit(self._train_epoch)
+        self.jit_evaluate = xla.jit(self._evaluate)
 
     @property
     def n_devices(self) -> int:
         return 1 if self.mesh is None else self.mesh.size
 
-    def init_state(self) -> TrainState:
-        dtype = jnp.dtype(self.config.dtype)
+    def train_epoch(self, state: TrainState, x: jax.Array, y: jax.Array, hp: dict | None = None):
+        """One compiled epoch: ``(state, summary)``."""
+        return self.jit_train_epoch(state, x, y, self.hp if hp is None else hp)
+
+    def evaluate(self, params: dict, x: jax.Array, y: jax.Array, hp: dict | None = None) -> dict:
+        """Loss, accuracy, silent fractions and spike times over a split (compiled)."""
+        return self.jit_evaluate(params, x, y, self.hp if hp is None else hp)
+
+    def init_state(self, hp: dict | None = None, normals: list[jax.Array] | None = None) -> TrainState:
+        """The initial state: kernels ``mean + std * normals`` with ``(mean, std) = hp["init"]``.
+
+        ``normals`` (default: this config's seed) are the standard-normal kernels of
+        `standard_normal_kernels`; the result equals the freshly built model's parameters and is
+        differentiable in ``hp``.
+        """
+        hp = self.hp if hp is None else hp
+        normals = self.normals if normals is None else normals
+        layers = {}
+        for i, layer in self.init_params["layers"].items():
+            learned = {k: jnp.full_like(v, hp["neuron"][k][i]) for k, v in layer.get("neuron_learned", {}).items()}
+            layers[i] = {**layer, "kernel": hp["init"][i, 0] + hp["init"][i, 1] * normals[i]}
+            if "neuron_learned" in layer:
+                layers[i]["neuron_learned"] = learned
+        params = {**self.init_params, "layers": layers}
         return TrainState(
-            self.init_params,
-            self.optimizer.init(self.init_params),
-            BumpState.initial(self.config.bump_value, dtype),
+            params,
+            self.optimizer.init(params),
+            BumpState(hp["bump_value"], jnp.asarray(-1, jnp.int32)),
             jnp.asarray(0, jnp.int32),
         )
 
@@ -136,26 +222,33 @@ class Trainer:
         sharding = NamedSharding(self.mesh, PartitionSpec("data"))
         return tuple(jax.lax.with_sharding_constraint(a, sharding) for a in arrays)
 
-    def forward(self, params: dict, x: jax.Array) -> list[jax.Array]:
+    def _neurons(self, hp) -> list[dict]:
+        return [{k: v[i] for k, v in hp["neuron"].items()} for i in range(self.n_layers)]
+
+    def forward(self, params: dict, x: jax.Array, hp: dict | None = None) -> list[jax.Array]:
         """Spike times of every layer for one sample."""
-        return nnx.merge(self.graphdef, params)(x)
+        return nnx.merge(self.graphdef, params)(x, self._neurons(self.hp if hp is None else hp))
+
+    def forward_batch(self, params: dict, x: jax.Array, hp: dict | None = None) -> list[jax.Array]:
+        """Spike times of every layer for a batch ``[batch, n_in]``."""
+        return batched(self.graphdef, params, x, self._neurons(self.hp if hp is None else hp))
 
     # -- one batch ----------------------------------------------------------------------------
-    def _grads(self, params, x, y, valid):
+    def _grads(self, params, x, y, valid, hp):
         """Loss, per-layer times and gradient of the batch-mean loss (gradient drop applied)."""
         cfg = self.config
         n_valid = jnp.maximum(jnp.sum(valid), 1).astype(x.dtype)
 
         def sample_loss(p, xi, yi, vi):
-            times = self.forward(p, xi)
-            return jnp.where(vi, self.loss_fn(times[-1], yi), 0.0) / n_valid, times
+            times = self.forward(p, xi, hp)
+            return jnp.where(vi, self.loss_fn(times[-1], yi, hp), 0.0) / n_valid, times
 
         if cfg.max_dw_norm is None:
 
             def batch_loss(p):
-                times = batched(self.graphdef, p, x)
-                losses = jnp.where(valid, jax.vmap(self.loss_fn)(times[-1], y), 0.0) / n_valid
-                return jnp.sum(losses), times
+                times = self.forward_batch(p, x, hp)
+                losses = jax.vmap(self.loss_fn, in_axes=(0, 0, None))(times[-1], y, hp)
+                return jnp.sum(jnp.where(valid, losses, 0.0) / n_valid), times
 
             (loss, times), grads = jax.value_and_grad(batch_loss, has_aux=True)(params)
             return loss, times, grads, jnp.asarray(0, jnp.int32)
@@ -164,26 +257,27 @@ class Trainer:
         grads = jax.tree.map(lambda g: jnp.sum(g, axis=0), sample_grads)
         dropped = jnp.asarray(0, jnp.int32)
         for i in range(self.n_layers):
-            kernel, n = drop_large_weight_grads(sample_grads["layers"][i]["kernel"], cfg.max_dw_norm)
+            kernel, n = drop_large_weight_grads(sample_grads["layers"][i]["kernel"], hp["max_dw_norm"])
             grads["layers"][i]["kernel"] = kernel
             dropped = dropped + n
         return jnp.sum(losses), times, grads, dropped
 
-    def _train_step(self, state: TrainState, batch):
+    def _train_step(self, state: TrainState, batch, hp):
         cfg = self.config
         x, y, valid, key = batch
         if cfg.input_noise > 0:
-            x = add_input_noise(key, x, cfg.input_noise)
-        loss, times, grads, dropped = self._grads(state.params, x, y, valid)
+            x = add_input_noise(key, x, hp["input_noise"])
+        loss, times, grads, dropped = self._grads(state.params, x, y, valid, hp)
         with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes int and float
             updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         bump = state.bump
         layer = jnp.asarray(-1, jnp.int32)
         if cfg.weight_bumping:
-            layer, targets = bump_targets(times, y, valid, cfg.max_missing, output_criterion=cfg.bump_output)
+            max_missing = [hp["max_missing"][i] for i in range(self.n_layers)]
+            layer, targets = bump_targets(times, y, valid, max_missing, output_criterion=cfg.bump_output)
             kernels = [state.params["layers"][i]["kernel"] for i in range(self.n_layers)]
-            bumped, bump = apply_bump(kernels, targets, layer, state.bump, cfg.bump_value)
+            bumped, bump = apply_bump(kernels, targets, layer, state.bump, hp["bump_value"])
             use_bump = layer >= 0  # a bumped batch takes no optimizer step: keep the old state
 
             def keep_old(old, new):
@@ -207,28 +301,35 @@ class Trainer:
         return TrainState(params, opt_state, bump, state.epoch), metrics
 
     # -- one epoch ----------------------------------------------------------------------------
-    def _train_epoch(self, state: TrainState, x: jax.Array, y: jax.Array) -> tuple[TrainState, dict]:
-        cfg = self.config
-        n = x.shape[0]
-        batch = cfg.batch_size
+    def _learning_rate(self, epoch: jax.Array, hp: dict) -> jax.Array:
+        """The step schedule: ``learning_rate * lr_gamma ** (epoch // lr_step)``."""
+        decays = (epoch // hp["lr_step"]).astype(hp["learning_rate"].dtype)
+        return hp["learning_rate"] * jnp.power(hp["lr_gamma"], decays)
+
+    def _with_learning_rate(self, state: TrainState, lr: jax.Array) -> TrainState:
+        hyper = dict(state.opt_state.hyperparams, learning_rate=lr)
+        return state._replace(opt_state=state.opt_state._replace(hyperparams=hyper))
+
+    def _batch_plan(self, key: jax.Array, n: int):
+        """Shuffled sample indices ``[n_batches, batch]``, their validity mask and one key per batch."""
+        batch = self.config.batch_size
         n_batches = math.ceil(n / batch)
-        key = jax.random.fold_in(jax.random.key(cfg.seed), state.epoch)
         perm_key, noise_key = jax.random.split(key)
         perm = jax.random.permutation(perm_key, n)
         pad = n_batches * batch - n
         idx = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)]).reshape(n_batches, batch)
         valid = (jnp.arange(n_batches * batch) < n).reshape(n_batches, batch)
-        keys = jax.random.split(noise_key, n_batches)
-        hyper = dict(state.opt_state.hyperparams)
-        dtype = hyper["learning_rate"].dtype
-        decays = (state.epoch // cfg.lr_step).astype(dtype)
-        lr = cfg.learning_rate * jnp.power(jnp.asarray(cfg.lr_gamma, dtype), decays)  # StepLR, per epoch
-        hyper["learning_rate"] = lr
-        state = state._replace(opt_state=state.opt_state._replace(hyperparams=hyper))
+        return idx, valid, jax.random.split(noise_key, n_batches)
+
+    def _train_epoch(self, state: TrainState, x: jax.Array, y: jax.Array, hp: dict) -> tuple[TrainState, dict]:
+        n = x.shape[0]
+        idx, valid, keys = self._batch_plan(jax.random.fold_in(jax.random.key(hp["seed"]), state.epoch), n)
+        lr = self._learning_rate(state.epoch, hp)  # StepLR, per epoch
+        state = self._with_learning_rate(state, lr)
 
         def body(st, inputs):
             i, v, k = inputs
-            return self._train_step(st, (*self._shard_batch(x[i], y[i], v), k))
+            return self._train_step(st, (*self._shard_batch(x[i], y[i], v), k), hp)
 
         state, metrics = jax.lax.scan(body, state, (idx, valid, keys))
         totals = jax.tree.map(lambda m: jnp.sum(m, axis=0), metrics)
@@ -243,7 +344,7 @@ class Trainer:
         }
         return state._replace(epoch=state.epoch + 1), summary
 
-    def _evaluate(self, params: dict, x: jax.Array, y: jax.Array) -> dict:
+    def _evaluate(self, params: dict, x: jax.Array, y: jax.Array, hp: dict) -> dict:
         """Loss, accuracy and per-layer silent fractions over a split (eval-sized chunks)."""
         cfg = self.config
         n = x.shape[0]
@@ -255,8 +356,9 @@ class Trainer:
 
         def run(args):
             xc, yc = self._shard_batch(*args) if chunk % self.n_devices == 0 else args
-            times = batched(self.graphdef, params, xc)
-            return jax.vmap(self.loss_fn)(times[-1], yc), jax.vmap(is_correct)(times[-1], yc), times
+            times = self.forward_batch(params, xc, hp)
+            losses = jax.vmap(self.loss_fn, in_axes=(0, 0, None))(times[-1], yc, hp)
+            return losses, jax.vmap(is_correct)(times[-1], yc), times
 
         losses, correct, times = jax.lax.map(run, (xp, yp))
         valid = jnp.arange(n_chunks * chunk) < n

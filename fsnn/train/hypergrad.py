@@ -1,0 +1,222 @@
+"""Gradients of the validation loss with respect to hyperparameters, through unrolled training.
+
+The training steps are the trainer's own (`Trainer._train_step`: input noise, gradient drop, weight
+bumping, Adam), run from the initial state that the hyperparameters define, in the data order of
+the first epochs of `fsnn.train.train_and_evaluate` (constant learning rate). `jax.grad` goes
+through the `lax.scan` of steps, which needs second derivatives of the spike times (the custom JVP
+rule is itself differentiable); each step is rematerialised (`jax.checkpoint`), so memory holds one
+training state per step rather than every step's activations. A truncated window differentiates
+only the last ``window`` steps.
+
+Differentiable hyperparameters (names for `hypergradient`): ``learning_rate``, ``xi``, ``alpha``,
+``beta``, ``input_noise``, ``bump_value``, ``init`` (``[n_layers, 2]``: mean, std), and the neuron
+parameters ``tau_m``, ``tau_s``, ``threshold``, ``g_leak``, ``e_leak`` (one value per layer).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from fsnn import xla
+from fsnn.train.config import ConfigError
+from fsnn.train.loop import NEURON_KEYS, Trainer
+
+__all__ = [
+    "DIFFERENTIABLE",
+    "unrolled_validation_loss",
+    "hypergradient",
+    "tune",
+    "grid_search",
+    "get_hyper",
+    "with_hyper",
+]
+
+DIFFERENTIABLE = ("learning_rate", "xi", "alpha", "beta", "input_noise", "bump_value", "init", *NEURON_KEYS)
+# loss parameters shape the training objective; the validation loss always uses the config's values
+_LOSS_KEYS = ("xi", "alpha", "beta", "silent_loss", "mse_targets")
+
+
+def get_hyper(hp: dict, name: str) -> jax.Array:
+    """``hp[name]``; neuron parameters are looked up in ``hp["neuron"]``."""
+    return hp["neuron"][name] if name in NEURON_KEYS else hp[name]
+
+
+def with_hyper(hp: dict, values: dict[str, jax.Array]) -> dict:
+    """A copy of ``hp`` with ``values`` replaced (neuron parameters inside ``hp["neuron"]``).
+
+    Values take the dtype and shape of the entries they replace (a Python float is fine).
+    """
+    out = {**hp, "neuron": dict(hp["neuron"])}
+    for name, value in values.items():
+        old = get_hyper(hp, name)
+        value = jnp.broadcast_to(jnp.asarray(value, old.dtype), old.shape)
+        if name in NEURON_KEYS:
+            out["neuron"][name] = value
+        else:
+            out[name] = value
+    return out
+
+
+def unrolled_validation_loss(
+    trainer: Trainer,
+    hp: dict,
+    train: tuple[jax.Array, jax.Array],
+    validation: tuple[jax.Array, jax.Array],
+    *,
+    steps: int,
+    window: int | None = None,
+    remat: bool = True,
+) -> jax.Array:
+    """Validation loss after ``steps`` training steps from the initial state defined by ``hp``.
+
+    The validation loss is the config's (``trainer.hp``'s loss parameters), so that tuning e.g.
+    ``xi`` changes training only, not the yardstick.
+
+    ``window`` (default: all steps) is how many of the last steps the gradient flows through; the
+    steps before it are run under `jax.lax.stop_gradient` (truncated hypergradient).
+    """
+    x, y = train
+    n = x.shape[0]
+    per_epoch = math.ceil(n / trainer.config.batch_size)
+    key = jax.random.key(hp["seed"])
+    epochs = jnp.arange(math.ceil(steps / per_epoch))
+    plans = jax.vmap(lambda e: trainer._batch_plan(jax.random.fold_in(key, e), n))(epochs)
+    idx, valid, keys = (a.reshape(-1, *a.shape[2:])[:steps] for a in plans)
+    state = trainer._with_learning_rate(trainer.init_state(hp), hp["learning_rate"])
+
+    def step(st, batch):
+        i, v, k = batch
+        st, _ = trainer._train_step(st, (x[i], y[i], v, k), hp)
+        return st, None
+
+    if remat:
+        step = jax.checkpoint(step)
+    window = steps if window is None else window
+    if not 0 < window <= steps:
+        raise ConfigError(f"`window` must be in [1, steps={steps}]; got {window}.")
+    head = steps - window
+    if head:
+        state, _ = jax.lax.scan(step, state, jax.tree.map(lambda a: a[:head], (idx, valid, keys)))
+        state = jax.lax.stop_gradient(state)
+    state, _ = jax.lax.scan(step, state, jax.tree.map(lambda a: a[head:], (idx, valid, keys)))
+    criterion = {k: trainer.hp[k] for k in _LOSS_KEYS}  # the config's loss, whatever ``hp`` trains with
+    return trainer._evaluate(state.params, *validation, {**hp, **criterion})["loss"]
+
+
+def hypergradient(
+    trainer: Trainer,
+    names: Sequence[str],
+    train: tuple[jax.Array, jax.Array],
+    validation: tuple[jax.Array, jax.Array],
+    *,
+    steps: int,
+    window: int | None = None,
+    hp: dict | None = None,
+    remat: bool = True,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Validation loss after unrolled training and its gradient with respect to ``names``.
+
+    Compiled once per trainer and settings (cached); ``hp`` defaults to ``trainer.hp``.
+    Example: ``loss, grads = hypergradient(trainer, ["learning_rate", "threshold"], train, val, steps=20)``.
+    """
+    unknown = [n for n in names if n not in DIFFERENTIABLE]
+    if unknown or not names:
+        raise ConfigError(f"hypergradient `names` {list(names)}: choose from {', '.join(DIFFERENTIABLE)}.")
+    hp = trainer.hp if hp is None else hp
+    fn = _compiled(trainer, tuple(names), steps, window, remat)
+    return fn({n: get_hyper(hp, n) for n in names}, hp, train, validation)
+
+
+_CACHE: dict[Any, Any] = {}
+
+
+def _compiled(trainer: Trainer, names: tuple[str, ...], steps: int, window: int | None, remat: bool):
+    key = (id(trainer), names, steps, window, remat)
+    if key not in _CACHE:
+
+        def loss(values, hp, train, validation):
+            return unrolled_validation_loss(
+                trainer, with_hyper(hp, values), train, validation, steps=steps, window=window, remat=remat
+            )
+
+        _CACHE[key] = xla.jit(jax.value_and_grad(loss))
+    return _CACHE[key]
+
+
+def tune(
+    trainer: Trainer,
+    names: Sequence[str],
+    train: tuple[jax.Array, jax.Array],
+    validation: tuple[jax.Array, jax.Array],
+    *,
+    steps: int,
+    iterations: int,
+    meta_lr: float = 0.1,
+    window: int | None = None,
+    hp: dict | None = None,
+) -> list[dict[str, Any]]:
+    """Hypergradient descent: ``iterations`` Adam steps on the hyperparameters ``names``.
+
+    Hyperparameters whose values are all positive are tuned in log space (a step of ``meta_lr``
+    changes them by about that fraction); the others directly. Returns one row per evaluation
+    (``iterations + 1``: the start, then after each step) with the values and the validation loss.
+    """
+    import optax
+
+    hp = trainer.hp if hp is None else hp
+    values = {n: get_hyper(hp, n) for n in names}
+    logs = {n: bool(jnp.all(v > 0)) for n, v in values.items()}
+    theta = {n: jnp.log(v) if logs[n] else v for n, v in values.items()}
+    optimizer = optax.adam(meta_lr)
+    opt_state = optimizer.init(theta)
+    history = []
+    for i in range(iterations + 1):
+        values = {n: jnp.exp(t) if logs[n] else t for n, t in theta.items()}
+        loss, grads = hypergradient(
+            trainer, names, train, validation, steps=steps, window=window, hp=with_hyper(hp, values)
+        )
+        history.append({"iteration": i, "loss": float(loss), **{n: jnp.asarray(v).tolist() for n, v in values.items()}})
+        if i == iterations:
+            break
+        # chain rule into log space: d/d log v = v d/dv
+        g_theta = {n: grads[n] * values[n] if logs[n] else grads[n] for n in names}
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = optimizer.update(g_theta, opt_state)
+        theta = optax.apply_updates(theta, updates)
+    return history
+
+
+def grid_search(
+    trainer: Trainer,
+    grid: dict[str, Sequence[Any]],
+    train: tuple[jax.Array, jax.Array],
+    validation: tuple[jax.Array, jax.Array],
+    *,
+    steps: int,
+    hp: dict | None = None,
+) -> list[dict[str, Any]]:
+    """The validation loss after ``steps`` unrolled steps at every combination of ``grid`` values.
+
+    All points run in one compiled program (`jax.vmap` over the hyperparameters). One row per
+    point with the values and the loss.
+    """
+    import itertools
+
+    hp = trainer.hp if hp is None else hp
+    names = list(grid)
+    points = list(itertools.product(*grid.values()))
+    stacked = {n: jnp.stack([jnp.asarray(p[j], get_hyper(hp, n).dtype) for p in points]) for j, n in enumerate(names)}
+
+    def loss(values):
+        return unrolled_validation_loss(trainer, with_hyper(hp, values), train, validation, steps=steps)
+
+    losses = xla.jit(jax.vmap(loss))(stacked)
+    return [
+        {"point": i, "loss": float(losses[i]), **{n: jnp.asarray(stacked[n][i]).tolist() for n in names}}
+        for i in range(len(points))
+    ]

@@ -1,0 +1,248 @@
+"""Many runs in one compiled program: the training epoch ``jax.vmap``-ped over stacked runs.
+
+Runs that differ only in `DYNAMIC_KEYS` (seed, learning-rate schedule, loss parameters, weight
+initialisation, remedy settings, threshold, ...) share a compiled program: their parameters,
+optimizer states and `hyperparameters` are stacked along a leading ``run`` axis. Runs that differ in
+anything that changes shapes or code (sizes, batch size, dataset, solver, epochs, ...) are grouped,
+one compiled program per group. Each run ends with the weights it would have had when trained alone
+(`tests/test_sweep.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fsnn import xla
+from fsnn.core.spike_time import resolve_solver
+from fsnn.train.config import Config, ConfigError, apply_overrides
+from fsnn.train.loop import (
+    DYNAMIC_KEYS,
+    Trainer,
+    TrainState,
+    _enable_dtype,
+    _progress,
+    _to_python,
+    hyperparameters,
+    load_data,
+    standard_normal_kernels,
+)
+
+__all__ = ["expand_grid", "group_key", "sweep", "summarize", "format_summary"]
+
+# keys that neither change the compiled program nor the result
+_BOOKKEEPING = ("name", "checkpoint_every")
+
+
+def expand_grid(base: Config, seeds: int, grid: dict[str, Sequence[Any]]) -> list[Config]:
+    """Every combination of the ``grid`` values, each with seeds ``base.seed, ..., base.seed + seeds - 1``.
+
+    Values are parsed and validated like ``--set`` values (`apply_overrides`), so a bad value
+    fails here, before anything is compiled.
+    """
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1; got {seeds}.")
+    if "seed" in grid:
+        raise ConfigError("sweep the seed with --seeds N (seeds base.seed .. base.seed + N - 1), not --set seed=...")
+    configs = []
+    for combo in itertools.product(*grid.values()):
+        setting = apply_overrides(base, dict(zip(grid, combo)))
+        configs.extend(dataclasses.replace(setting, seed=base.seed + s) for s in range(seeds))
+    return configs
+
+
+def _solver(config: Config) -> str:
+    if {"tau_m", "tau_s"} & set(config.trainable_neuron):
+        return "root"
+    return resolve_solver(config.neuron, config.solver)
+
+
+def group_key(config: Config) -> str:
+    """Equal for configs that one compiled program can train together."""
+    dynamic = set(DYNAMIC_KEYS) | set(_BOOKKEEPING)
+    if _solver(config) == "root":  # the closed forms fix tau_m / tau_s at compile time
+        dynamic |= {"tau_m", "tau_s"}
+    fixed = {k: v for k, v in dataclasses.asdict(config).items() if k not in dynamic}
+    fixed["_code"] = {
+        "solver": _solver(config),
+        "input_noise": config.input_noise > 0,
+        "max_dw_norm": config.max_dw_norm is not None,
+    }
+    return json.dumps(fixed, sort_keys=True)
+
+
+def _stack(trees: list) -> Any:
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def _unstack(tree, i: int) -> Any:
+    return jax.tree.map(lambda a: a[i], tree)
+
+
+def _swept_keys(configs: list[Config], base: Config) -> list[str]:
+    """The keys (seed excluded) that differ between the configs or from ``base``."""
+    values = [dataclasses.asdict(c) for c in [base, *configs]]
+    return [k for k in values[0] if k != "seed" and any(v[k] != values[0][k] for v in values)]
+
+
+def _train_group(configs: list[Config], data_dir, quiet: bool, log) -> tuple[list[dict[str, Any]], TrainState, float]:
+    """Train ``configs`` (one group) together; per-run results, the stacked final state, seconds."""
+    first = configs[0]
+    if first.devices != 1:
+        raise ConfigError("config key `devices` must be 1 in a sweep (runs are vmapped on one device).")
+    _enable_dtype(first)
+    trainer = Trainer(first)
+    hps = _stack([hyperparameters(c) for c in configs])
+    normals = _stack([standard_normal_kernels(c) for c in configs])
+    runs = jax.vmap(trainer.init_state)(hps, normals)
+    data = load_data(first, data_dir)
+    (x_train, y_train), (x_val, y_val) = data["train"], data["validation"]
+    train_epoch = xla.jit(jax.vmap(trainer._train_epoch, in_axes=(0, None, None, 0)))
+    evaluate = xla.jit(jax.vmap(trainer._evaluate, in_axes=(0, None, None, 0)))
+    n = len(configs)
+    best_val = np.full(n, -1.0)
+    best_params = runs.params
+    best_epoch = np.zeros(n, np.int64)
+    progress = _progress(first.epochs, 0, quiet)
+    t0 = time.perf_counter()
+    for epoch in range(first.epochs):
+        runs, summary = train_epoch(runs, x_train, y_train, hps)
+        val = evaluate(runs.params, x_val, y_val, hps)
+        val_accuracy = np.asarray(val["accuracy"], np.float64)
+        better = val_accuracy > best_val  # ties keep the earlier epoch, as in `train_and_evaluate`
+        if better.any():
+
+            def keep_better(new, old, better=jnp.asarray(better)):
+                return jnp.where(better.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+
+            best_params = jax.tree.map(keep_better, runs.params, best_params)
+        best_epoch = np.where(better, epoch + 1, best_epoch)
+        best_val = np.maximum(best_val, val_accuracy)
+        log({"epoch": epoch + 1, **_to_python(summary), "val_accuracy": val_accuracy.tolist()})
+        if progress is not None:
+            progress.set_postfix(val=f"{val_accuracy.mean():.3f}")
+            progress.update(1)
+    seconds = time.perf_counter() - t0
+    if progress is not None:
+        progress.close()
+    final = evaluate(runs.params, *data["test"], hps)
+    chosen = evaluate(best_params, *data["test"], hps)
+    rows = []
+    for i, config in enumerate(configs):
+        use_best = config.select_best
+        test = chosen if use_best else final
+        row = {
+            "test_accuracy": float(test["accuracy"][i]),
+            "final_test_accuracy": float(final["accuracy"][i]),
+            "test_loss": float(test["loss"][i]),
+            "val_accuracy": float(val["accuracy"][i]),
+            "best_val_accuracy": float(best_val[i]),
+            # a neuron spikes at most once: the spike count per neuron is the fraction that fired
+            "spikes_per_neuron": [1.0 - s for s in _to_python(test["silent_fraction"][i])],
+        }
+        if use_best:
+            row["best_epoch"] = int(best_epoch[i])
+        rows.append(row)
+    return rows, runs, seconds
+
+
+def sweep(
+    configs: Sequence[Config],
+    workdir: str | Path | None = None,
+    *,
+    base: Config | None = None,
+    quiet: bool = False,
+    data_dir: str | Path | None = None,
+) -> tuple[list[dict[str, Any]], list[TrainState]]:
+    """Train every config, vmapping runs that share a compiled program; one result row per config.
+
+    With ``workdir``, writes ``sweep.json`` (base config, one row per run: the keys that differ from
+    ``base`` or between runs, test / validation accuracy, spikes per neuron, seconds of its group) and
+    ``metrics.jsonl`` (per epoch and group, every run's metrics as lists). Returns the rows and every
+    run's final `TrainState`, in the order of ``configs``.
+    """
+    configs = list(configs)
+    if not configs:
+        raise ConfigError("nothing to sweep: no configs.")
+    base = base or configs[0]
+    keys = _swept_keys(configs, base)
+    groups: dict[str, list[int]] = {}
+    for i, config in enumerate(configs):
+        groups.setdefault(group_key(config), []).append(i)
+    workdir = Path(workdir) if workdir is not None else None
+    metrics_file = None
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        metrics_file = workdir / "metrics.jsonl"
+        metrics_file.write_text("")
+    rows: list[dict[str, Any]] = [{} for _ in configs]
+    states: list[Any] = [None] * len(configs)
+    for g, indices in enumerate(groups.values()):
+
+        def log(row, g=g):
+            if metrics_file is not None:
+                with metrics_file.open("a") as f:
+                    f.write(json.dumps({"group": g, **row}) + "\n")
+
+        group_rows, stacked, seconds = _train_group([configs[i] for i in indices], data_dir, quiet, log)
+        for j, i in enumerate(indices):
+            rows[i] = {
+                "run": i,
+                "group": g,
+                "config": {**{k: getattr(configs[i], k) for k in keys}, "seed": configs[i].seed},
+                **group_rows[j],
+                "group_runs": len(indices),
+                "group_train_seconds": seconds,
+            }
+            states[i] = _unstack(stacked, j)
+    if workdir is not None:
+        report = {"base": dataclasses.asdict(base), "runs": rows, "summary": summarize(rows)}
+        (workdir / "sweep.json").write_text(json.dumps(report, indent=2))
+    return rows, states
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per setting (the config without its seed): number of seeds and test accuracy statistics."""
+    settings: dict[str, list[dict]] = {}
+    for row in rows:
+        setting = {k: v for k, v in row["config"].items() if k != "seed"}
+        settings.setdefault(json.dumps(setting, sort_keys=True), []).append(row)
+    out = []
+    for key, group in settings.items():
+        acc = [r["test_accuracy"] for r in group]
+        spikes = np.mean([r["spikes_per_neuron"] for r in group], axis=0)
+        out.append(
+            {
+                "setting": json.loads(key),
+                "seeds": len(acc),
+                "test_accuracy_mean": statistics.fmean(acc),
+                "test_accuracy_std": statistics.pstdev(acc),
+                "test_accuracy_min": min(acc),
+                "test_accuracy_max": max(acc),
+                "spikes_per_neuron": spikes.tolist(),
+            }
+        )
+    return out
+
+
+def format_summary(summary: list[dict[str, Any]]) -> str:
+    """A plain-text table: one line per setting, accuracies in %."""
+    lines = [f"{'setting':<40} {'seeds':>5} {'test acc (mean ± std)':>22} {'min':>6} {'max':>6}  spikes/neuron"]
+    for s in summary:
+        name = ", ".join(f"{k}={v}" for k, v in s["setting"].items()) or "(base)"
+        spikes = "/".join(f"{v:.2f}" for v in s["spikes_per_neuron"])
+        lines.append(
+            f"{name:<40} {s['seeds']:>5} {100 * s['test_accuracy_mean']:>14.2f} ± {100 * s['test_accuracy_std']:<5.2f}"
+            f" {100 * s['test_accuracy_min']:>6.2f} {100 * s['test_accuracy_max']:>6.2f}  {spikes}"
+        )
+    return "\n".join(lines)

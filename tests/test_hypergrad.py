@@ -1,0 +1,95 @@
+"""Hypergradients through unrolled training: finite differences in float64, remat, tuning."""
+
+import importlib.util
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fsnn.train.config import EXPERIMENTS_DIR, Config, ConfigError
+from fsnn.train.hypergrad import get_hyper, grid_search, hypergradient, tune, unrolled_validation_loss, with_hyper
+from fsnn.train.loop import Trainer, load_data
+
+# input noise, gradient drop and weight bumping stay on: the hypergradient goes through all of them
+CONFIG = Config(train_size=120, eval_size=100, hidden=(8,), batch_size=30, dtype="float64", input_noise=0.1)
+STEPS = 6  # more than one epoch (4 batches): the second epoch's shuffle is used too
+
+
+@pytest.fixture(scope="module")
+def setup():
+    jax.config.update("jax_enable_x64", True)
+    trainer = Trainer(CONFIG)
+    data = load_data(CONFIG)
+    return trainer, data["train"], data["validation"]
+
+
+def test_hypergradient_matches_finite_differences(setup):
+    trainer, train, val = setup
+    names = ["learning_rate", "xi", "init", "threshold"]
+    loss, grads = hypergradient(trainer, names, train, val, steps=STEPS)
+    objective = jax.jit(lambda hp: unrolled_validation_loss(trainer, hp, train, val, steps=STEPS))
+    assert float(objective(trainer.hp)) == pytest.approx(float(loss), rel=1e-12)
+    for name in names:
+        value = np.asarray(get_hyper(trainer.hp, name))
+        fd = np.zeros(value.size)
+        for j in range(value.size):
+            eps = 1e-6 * max(1.0, abs(value.flat[j]))
+            up, down = value.copy(), value.copy()
+            up.flat[j] += eps
+            down.flat[j] -= eps
+            diff = objective(with_hyper(trainer.hp, {name: jnp.asarray(up)})) - objective(
+                with_hyper(trainer.hp, {name: jnp.asarray(down)})
+            )
+            fd[j] = float(diff) / (2 * eps)
+        got = np.asarray(grads[name]).ravel()
+        assert np.all(np.abs(got) > 0), name  # every hyperparameter really moves the result
+        np.testing.assert_allclose(got, fd, rtol=1e-4, atol=1e-9, err_msg=name)
+
+
+def test_remat_and_full_window_change_nothing(setup):
+    trainer, train, val = setup
+    names = ["learning_rate", "bump_value"]
+    loss, grads = hypergradient(trainer, names, train, val, steps=STEPS)
+    for kwargs in ({"remat": False}, {"window": STEPS}):
+        other_loss, other = hypergradient(trainer, names, train, val, steps=STEPS, **kwargs)
+        assert float(other_loss) == pytest.approx(float(loss), rel=1e-12)
+        for name in names:
+            np.testing.assert_allclose(other[name], grads[name], rtol=1e-9, atol=1e-15)
+    _, truncated = hypergradient(trainer, names, train, val, steps=STEPS, window=2)
+    assert np.isfinite(float(truncated["learning_rate"]))
+    assert float(truncated["learning_rate"]) != pytest.approx(float(grads["learning_rate"]), rel=1e-6)
+
+
+def test_bad_names_and_windows_are_rejected(setup):
+    trainer, train, val = setup
+    with pytest.raises(ConfigError, match="choose from"):
+        hypergradient(trainer, ["seed"], train, val, steps=2)
+    with pytest.raises(ConfigError, match="window"):
+        hypergradient(trainer, ["xi"], train, val, steps=2, window=3)
+
+
+def test_grid_points_equal_single_evaluations_and_descent_descends(setup):
+    trainer, train, val = setup
+    rows = grid_search(trainer, {"learning_rate": [0.002, 0.02], "xi": [0.2, 0.5]}, train, val, steps=STEPS)
+    assert len(rows) == 4
+    single = jax.jit(lambda hp: unrolled_validation_loss(trainer, hp, train, val, steps=STEPS))
+    for row in rows:
+        hp = with_hyper(trainer.hp, {k: jnp.asarray(row[k], jnp.float64) for k in ("learning_rate", "xi")})
+        assert row["loss"] == pytest.approx(float(single(hp)), rel=1e-9)
+    history = tune(trainer, ["learning_rate", "threshold"], train, val, steps=STEPS, iterations=2, meta_lr=0.02)
+    assert len(history) == 3
+    assert history[1]["loss"] < history[0]["loss"]  # a small step against the exact gradient helps
+
+
+def test_study_experiment_smoke(tmp_path):
+    path = EXPERIMENTS_DIR / "yinyang_hypergrad.py"
+    spec = importlib.util.spec_from_file_location("yinyang_hypergrad", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    report = module.run(tmp_path, smoke=True)
+    saved = json.loads((tmp_path / "study.json").read_text())
+    assert saved["descent"]["evaluations"] == 3 and saved["grid"]["evaluations"] == 4
+    assert report["best"]["grid"]["loss"] == min(r["loss"] for r in saved["grid"]["rows"])
+    assert all(np.isfinite(r["loss"]) for r in saved["descent"]["rows"])

@@ -1,0 +1,96 @@
+"""Vmapped sweeps: every run equals the same run trained alone; grouping and errors."""
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from fsnn.cli import main
+from fsnn.train.config import Config
+from fsnn.train.loop import Trainer, load_data
+from fsnn.train.sweep import expand_grid, group_key, summarize, sweep
+
+BASE = Config(train_size=300, eval_size=200, epochs=2, hidden=(12,), batch_size=50, dtype="float64", input_noise=0.1)
+
+
+def _alone(config: Config):
+    trainer = Trainer(config)
+    data = load_data(config)
+    state = trainer.init_state()
+    for _ in range(config.epochs):
+        state, _ = trainer.train_epoch(state, *data["train"])
+    return state, trainer.evaluate(state.params, *data["test"])
+
+
+def test_each_swept_run_equals_training_it_alone():
+    jax.config.update("jax_enable_x64", True)
+    grid = {"learning_rate": [0.005, 0.02], "threshold": [1.0, 1.2], "hidden": [(12,), (6,)]}
+    configs = expand_grid(BASE, 2, grid)
+    assert len(configs) == 16
+    assert len({group_key(c) for c in configs}) == 2  # `hidden` changes shapes: two programs
+    rows, states = sweep(configs, quiet=True)
+    assert {r["group_runs"] for r in rows} == {8}
+    for i in (0, 5, 10, 15):  # both groups, both seeds, every value of each key
+        state, test = _alone(configs[i])
+        assert rows[i]["config"]["seed"] == configs[i].seed
+        np.testing.assert_allclose(rows[i]["test_accuracy"], float(test["accuracy"]), atol=1e-12)
+        for mine, theirs in zip(jax.tree.leaves(states[i].params), jax.tree.leaves(state.params)):
+            np.testing.assert_allclose(mine, theirs, rtol=1e-9, atol=1e-12)
+    accuracies = {round(r["test_accuracy"], 6) for r in rows}
+    assert len(accuracies) > 4  # the runs really differ
+
+
+def test_sweep_writes_report_and_table(tmp_path, capsys):
+    code = main(
+        [
+            "sweep",
+            "yinyang",
+            "--seeds",
+            "2",
+            "--set",
+            "xi=0.2,0.4",
+            "--set",
+            "train_size=300",
+            "--set",
+            "eval_size=100",
+            "--epochs",
+            "1",
+            "--workdir",
+            str(tmp_path / "sw"),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    report = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert [r["config"]["seed"] for r in report["runs"]] == [0, 1, 0, 1]
+    assert [r["config"]["xi"] for r in report["runs"]] == [0.2, 0.2, 0.4, 0.4]
+    assert len(report["summary"]) == 2 and all(s["seeds"] == 2 for s in report["summary"])
+    lines = (tmp_path / "sw" / "metrics.jsonl").read_text().splitlines()
+    assert len(json.loads(lines[0])["val_accuracy"]) == 4
+    out = capsys.readouterr().out
+    assert "xi=0.4" in out and "4 runs" in out
+
+
+def test_select_best_in_a_sweep_reports_the_best_validation_epoch():
+    config = dataclasses.replace(BASE, dtype="float32", epochs=3, select_best=True)
+    rows, _ = sweep(expand_grid(config, 2, {}), quiet=True)
+    for row in rows:
+        assert 1 <= row["best_epoch"] <= 3
+        assert row["best_val_accuracy"] >= row["val_accuracy"]
+    assert summarize(rows)[0]["seeds"] == 2
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--set", "seed=1,2"], "--seeds"),
+        (["--set", "learning_rate=0.1,-1"], "learning_rate"),
+        (["--set", "no_such_key=1,2"], "unknown config key"),
+        (["--seeds", "0"], "--seeds"),
+    ],
+)
+def test_sweep_errors_name_the_problem(argv, message, capsys):
+    assert main(["sweep", "yinyang", "--quiet", *argv]) == 2
+    assert message in capsys.readouterr().err
