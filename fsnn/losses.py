@@ -30,9 +30,12 @@ def ttfs_cross_entropy(
     """Cross-entropy of ``softmax(-T / xi)`` plus ``alpha exp(T_label / beta)``."""
     t_label = times[label]
     ok = jnp.isfinite(t_label)
-    # Silent outputs give logits -inf (probability 0); if the label is silent, all-zero stand-ins
-    # keep log_softmax away from nan and the result is replaced by the constant anyway.
-    logits = -jnp.where(ok, times, 0.0) / xi
+    # Silent outputs get logit -inf (probability 0) without ever computing inf / xi, whose
+    # derivative in xi would be inf * 0 = nan (hypergradients); if the label is silent, all-zero
+    # stand-ins keep log_softmax away from nan and the result is replaced by the constant anyway.
+    spikes = jnp.isfinite(times)
+    logits = jnp.where(spikes, -jnp.where(spikes, times, 0.0) / xi, -jnp.inf)
+    logits = jnp.where(ok, logits, 0.0)
     log_p = jax.nn.log_softmax(logits)[label]
     reg = alpha * jnp.exp(jnp.where(ok, t_label, 0.0) / beta)
     return jnp.where(ok, -log_p + reg, jnp.asarray(silent_loss, times.dtype))

@@ -48,6 +48,27 @@ def test_hypergradient_matches_finite_differences(setup):
         np.testing.assert_allclose(got, fd, rtol=1e-4, atol=1e-9, err_msg=name)
 
 
+def test_hypergradient_is_finite_where_gradient_entries_are_exactly_zero():
+    """The published network: silent hidden neurons give exactly-zero weight gradients, where
+    d sqrt(v)/dv of Adam would be inf * 0 = nan without `adam_eps_root`."""
+    jax.config.update("jax_enable_x64", True)
+    config = Config(train_size=150, eval_size=50, dtype="float64")
+    trainer = Trainer(config)
+    data = load_data(config)
+    _, grads = hypergradient(trainer, ["threshold"], data["train"], data["validation"], steps=1)
+    objective = jax.jit(
+        lambda th: unrolled_validation_loss(
+            trainer, with_hyper(trainer.hp, {"threshold": th}), data["train"], data["validation"], steps=1
+        )
+    )
+    theta = np.asarray(get_hyper(trainer.hp, "threshold"))
+    eps = 1e-6
+    for j in range(theta.size):
+        step = np.eye(theta.size)[j] * eps
+        fd = float(objective(jnp.asarray(theta + step)) - objective(jnp.asarray(theta - step))) / (2 * eps)
+        assert float(grads["threshold"][j]) == pytest.approx(fd, rel=1e-4, abs=1e-9)
+
+
 def test_remat_and_full_window_change_nothing(setup):
     trainer, train, val = setup
     names = ["learning_rate", "bump_value"]

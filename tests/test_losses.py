@@ -29,6 +29,24 @@ def test_silent_outputs():
     assert float(ttfs_cross_entropy(all_silent, jnp.asarray(2), silent_loss=3.0)) == 3.0
 
 
+def test_second_derivatives_in_loss_parameters_are_finite_with_silent_outputs():
+    """Hypergradients differentiate d(loss)/d(times) in xi, alpha, beta: never inf * 0."""
+    t = jnp.array([jnp.inf, 0.9, 1.3])
+
+    def slope(params, label):  # the gradient a training step uses, as a function of (xi, alpha, beta)
+        return jax.grad(ttfs_cross_entropy)(t, label, xi=params[0], alpha=params[1], beta=params[2])
+
+    params = jnp.array([0.2, 0.005, 1.0])
+    for label in (0, 1, 2):  # silent label, and a silent competitor
+        jac = jax.jacobian(slope)(params, jnp.asarray(label))
+        assert bool(jnp.all(jnp.isfinite(jac))), label
+        assert float(jnp.abs(jac[0]).max()) == 0.0  # the silent output still gets no gradient
+    # against a finite difference in xi for the spiking entries
+    eps = 1e-6
+    fd = (slope(params.at[0].add(eps), jnp.asarray(1)) - slope(params.at[0].add(-eps), jnp.asarray(1))) / (2 * eps)
+    np.testing.assert_allclose(jax.jacobian(slope)(params, jnp.asarray(1))[:, 0], fd, rtol=1e-5, atol=1e-8)
+
+
 def test_decoding():
     assert int(first_spike_decision(jnp.array([1.0, 0.5, 2.0]))) == 1
     assert int(first_spike_decision(jnp.full(3, jnp.inf))) == -1

@@ -71,6 +71,10 @@ class Config:
     adam_b1: float = 0.9
     adam_b2: float = 0.999
     adam_eps: float = 1e-8
+    # inside the square root of Adam's denominator: keeps d sqrt(v)/dv finite where a gradient entry
+    # is exactly 0 (silent neurons), which hypergradients through training need; below float32's
+    # resolution of any nonzero second moment, so ordinary training is unaffected
+    adam_eps_root: float = 1e-20
     batch_size: int = 150
     eval_batch_size: int = 200
     epochs: int = 300
@@ -147,6 +151,8 @@ class Config:
             bad("max_missing", f"needs one fraction per layer ({len(self.sizes)}); got {self.max_missing}.")
         if any(not 0 <= m <= 1 for m in self.max_missing):
             bad("max_missing", f"fractions must lie in [0, 1]; got {self.max_missing}.")
+        if self.adam_eps_root < 0:
+            bad("adam_eps_root", f"must be >= 0; got {self.adam_eps_root}.")
         if self.input_noise < 0:
             bad("input_noise", f"must be >= 0; got {self.input_noise}.")
         if self.max_dw_norm is not None and not self.max_dw_norm > 0:

@@ -164,7 +164,11 @@ class Trainer:
         self.hp = hyperparameters(config)
         self.normals = standard_normal_kernels(config)
         self.optimizer = optax.inject_hyperparams(optax.adam)(
-            learning_rate=config.learning_rate, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps
+            learning_rate=config.learning_rate,
+            b1=config.adam_b1,
+            b2=config.adam_b2,
+            eps=config.adam_eps,
+            eps_root=config.adam_eps_root,
         )
         self.loss_fn = _sample_loss(config)
         self.mesh = _data_mesh(config)
