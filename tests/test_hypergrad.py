@@ -87,6 +87,8 @@ def test_bad_names_and_windows_are_rejected(setup):
     trainer, train, val = setup
     with pytest.raises(ConfigError, match="choose from"):
         hypergradient(trainer, ["seed"], train, val, steps=2)
+    with pytest.raises(ConfigError, match="root"):
+        hypergradient(trainer, ["tau_m"], train, val, steps=2)
     with pytest.raises(ConfigError, match="window"):
         hypergradient(trainer, ["xi"], train, val, steps=2, window=3)
 

@@ -10,7 +10,8 @@ only the last ``window`` steps.
 
 Differentiable hyperparameters (names for `hypergradient`): ``learning_rate``, ``xi``, ``alpha``,
 ``beta``, ``input_noise``, ``bump_value``, ``init`` (``[n_layers, 2]``: mean, std), and the neuron
-parameters ``tau_m``, ``tau_s``, ``threshold``, ``g_leak``, ``e_leak`` (one value per layer).
+parameters ``tau_m``, ``tau_s`` (with ``solver="root"``), ``threshold``, ``g_leak``, ``e_leak`` (one value
+per layer).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 
 from fsnn import xla
 from fsnn.train.config import ConfigError
-from fsnn.train.loop import NEURON_KEYS, Trainer
+from fsnn.train.loop import NEURON_KEYS, Trainer, resolved_solver
 
 __all__ = [
     "DIFFERENTIABLE",
@@ -127,6 +128,11 @@ def hypergradient(
     unknown = [n for n in names if n not in DIFFERENTIABLE]
     if unknown or not names:
         raise ConfigError(f"hypergradient `names` {list(names)}: choose from {', '.join(DIFFERENTIABLE)}.")
+    if {"tau_m", "tau_s"} & set(names) and resolved_solver(trainer.config) != "root":
+        raise ConfigError(
+            "hypergradients in tau_m / tau_s need the `root` solver (the closed forms fix tau_m / tau_s); "
+            "set config key `solver` to 'root'."
+        )
     hp = trainer.hp if hp is None else hp
     fn = _compiled(trainer, tuple(names), steps, window, remat)
     return fn({n: get_hyper(hp, n) for n in names}, hp, train, validation)

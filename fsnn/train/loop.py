@@ -22,6 +22,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fsnn import xla
+from fsnn.core.spike_time import resolve_solver
 from fsnn.data.images import data_dir_from_env, encode_images, load_images
 from fsnn.data.yinyang import yinyang_splits
 from fsnn.encoding import add_input_noise, values_to_times
@@ -133,6 +134,13 @@ def hyperparameters(config: Config) -> dict[str, Any]:
     }
 
 
+def resolved_solver(config: Config) -> str:
+    """The spike-time solver a run of ``config`` uses (``"root"`` when time constants are learned)."""
+    if {"tau_m", "tau_s"} & set(config.trainable_neuron):
+        return "root"
+    return resolve_solver(config.neuron, config.solver)
+
+
 def standard_normal_kernels(config: Config) -> list[jax.Array]:
     """Per layer, the seed's N(0, 1) draws behind the initial kernels (kernel = mean + std * draw)."""
     standard = dataclasses.replace(config, init=((0.0, 1.0),) * len(config.sizes))
@@ -198,10 +206,10 @@ class Trainer:
         normals = self.normals if normals is None else normals
         layers = {}
         for i, layer in self.init_params["layers"].items():
-            learned = {k: jnp.full_like(v, hp["neuron"][k][i]) for k, v in layer.get("neuron_learned", {}).items()}
             layers[i] = {**layer, "kernel": hp["init"][i, 0] + hp["init"][i, 1] * normals[i]}
-            if "neuron_learned" in layer:
-                layers[i]["neuron_learned"] = learned
+            if "neuron_learned" in layer:  # learned neuron parameters start at their hp values
+                learned = layer["neuron_learned"]
+                layers[i]["neuron_learned"] = {k: jnp.full_like(v, hp["neuron"][k][i]) for k, v in learned.items()}
         params = {**self.init_params, "layers": layers}
         return TrainState(
             params,

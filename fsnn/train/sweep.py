@@ -24,7 +24,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from fsnn import xla
-from fsnn.core.spike_time import resolve_solver
 from fsnn.train.config import Config, ConfigError, apply_overrides
 from fsnn.train.loop import (
     DYNAMIC_KEYS,
@@ -35,6 +34,7 @@ from fsnn.train.loop import (
     _to_python,
     hyperparameters,
     load_data,
+    resolved_solver,
     standard_normal_kernels,
 )
 
@@ -61,20 +61,14 @@ def expand_grid(base: Config, seeds: int, grid: dict[str, Sequence[Any]]) -> lis
     return configs
 
 
-def _solver(config: Config) -> str:
-    if {"tau_m", "tau_s"} & set(config.trainable_neuron):
-        return "root"
-    return resolve_solver(config.neuron, config.solver)
-
-
 def group_key(config: Config) -> str:
     """Equal for configs that one compiled program can train together."""
     dynamic = set(DYNAMIC_KEYS) | set(_BOOKKEEPING)
-    if _solver(config) == "root":  # the closed forms fix tau_m / tau_s at compile time
+    if resolved_solver(config) == "root":  # the closed forms fix tau_m / tau_s at compile time
         dynamic |= {"tau_m", "tau_s"}
     fixed = {k: v for k, v in dataclasses.asdict(config).items() if k not in dynamic}
     fixed["_code"] = {
-        "solver": _solver(config),
+        "solver": resolved_solver(config),
         "input_noise": config.input_noise > 0,
         "max_dw_norm": config.max_dw_norm is not None,
     }
