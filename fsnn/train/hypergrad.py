@@ -81,6 +81,9 @@ def unrolled_validation_loss(
     ``window`` (default: all steps) is how many of the last steps the gradient flows through; the
     steps before it are run under `jax.lax.stop_gradient` (truncated hypergradient).
     """
+    window = steps if window is None else window
+    if not 0 < window <= steps:
+        raise ConfigError(f"`window` must be in [1, steps={steps}]; got {window}.")
     x, y = train
     n = x.shape[0]
     per_epoch = math.ceil(n / trainer.config.batch_size)
@@ -97,9 +100,6 @@ def unrolled_validation_loss(
 
     if remat:
         step = jax.checkpoint(step)
-    window = steps if window is None else window
-    if not 0 < window <= steps:
-        raise ConfigError(f"`window` must be in [1, steps={steps}]; got {window}.")
     head = steps - window
     if head:
         state, _ = jax.lax.scan(step, state, jax.tree.map(lambda a: a[:head], (idx, valid, keys)))
@@ -138,20 +138,18 @@ def hypergradient(
     return fn({n: get_hyper(hp, n) for n in names}, hp, train, validation)
 
 
-_CACHE: dict[Any, Any] = {}
-
-
 def _compiled(trainer: Trainer, names: tuple[str, ...], steps: int, window: int | None, remat: bool):
-    key = (id(trainer), names, steps, window, remat)
-    if key not in _CACHE:
+    cache = vars(trainer).setdefault("_hypergradients", {})  # lives and dies with the trainer
+    key = (names, steps, window, remat)
+    if key not in cache:
 
         def loss(values, hp, train, validation):
             return unrolled_validation_loss(
                 trainer, with_hyper(hp, values), train, validation, steps=steps, window=window, remat=remat
             )
 
-        _CACHE[key] = xla.jit(jax.value_and_grad(loss))
-    return _CACHE[key]
+        cache[key] = xla.jit(jax.value_and_grad(loss))
+    return cache[key]
 
 
 def tune(

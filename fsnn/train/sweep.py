@@ -40,8 +40,8 @@ from fsnn.train.loop import (
 
 __all__ = ["expand_grid", "group_key", "sweep", "summarize", "format_summary"]
 
-# keys that neither change the compiled program nor the result
-_BOOKKEEPING = ("name", "checkpoint_every")
+# keys handled outside the compiled program (per run, or not at all in a sweep)
+_HOST_SIDE = ("name", "checkpoint_every", "select_best")
 
 
 def expand_grid(base: Config, seeds: int, grid: dict[str, Sequence[Any]]) -> list[Config]:
@@ -63,7 +63,7 @@ def expand_grid(base: Config, seeds: int, grid: dict[str, Sequence[Any]]) -> lis
 
 def group_key(config: Config) -> str:
     """Equal for configs that one compiled program can train together."""
-    dynamic = set(DYNAMIC_KEYS) | set(_BOOKKEEPING)
+    dynamic = set(DYNAMIC_KEYS) | set(_HOST_SIDE)
     if resolved_solver(config) == "root":  # the closed forms fix tau_m / tau_s at compile time
         dynamic |= {"tau_m", "tau_s"}
     fixed = {k: v for k, v in dataclasses.asdict(config).items() if k not in dynamic}
@@ -130,7 +130,7 @@ def _train_group(configs: list[Config], data_dir, quiet: bool, log) -> tuple[lis
     if progress is not None:
         progress.close()
     final = evaluate(runs.params, *data["test"], hps)
-    chosen = evaluate(best_params, *data["test"], hps)
+    chosen = evaluate(best_params, *data["test"], hps) if any(c.select_best for c in configs) else final
     rows = []
     for i, config in enumerate(configs):
         use_best = config.select_best
