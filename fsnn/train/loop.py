@@ -214,7 +214,7 @@ class Trainer:
         return TrainState(
             params,
             self.optimizer.init(params),
-            BumpState(hp["bump_value"], jnp.asarray(-1, jnp.int32)),
+            BumpState.initial(hp["bump_value"], hp["bump_value"].dtype),
             jnp.asarray(0, jnp.int32),
         )
 
