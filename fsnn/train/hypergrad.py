@@ -16,12 +16,14 @@ per layer).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from fsnn import xla
 from fsnn.train.config import ConfigError
@@ -170,8 +172,6 @@ def tune(
     changes them by about that fraction); the others directly. Returns one row per evaluation
     (``iterations + 1``: the start, then after each step) with the values and the validation loss.
     """
-    import optax
-
     hp = trainer.hp if hp is None else hp
     values = {n: get_hyper(hp, n) for n in names}
     logs = {n: bool(jnp.all(v > 0)) for n, v in values.items()}
@@ -209,8 +209,6 @@ def grid_search(
     All points run in one compiled program (`jax.vmap` over the hyperparameters). One row per
     point with the values and the loss.
     """
-    import itertools
-
     hp = trainer.hp if hp is None else hp
     names = list(grid)
     points = list(itertools.product(*grid.values()))
