@@ -10,5 +10,6 @@ from fsnn.core import membrane_potential as membrane_potential
 from fsnn.core import psp_kernel as psp_kernel
 from fsnn.core import resolve_solver as resolve_solver
 from fsnn.core import simulate_neuron as simulate_neuron
+from fsnn.core import spike_times_at as spike_times_at
 
 __version__ = "0.1.0"

@@ -50,8 +50,13 @@ def _train(args) -> int:
     results = train_and_evaluate(
         config, workdir, resume=args.resume, quiet=args.quiet, data_dir=args.data_dir, figures=not args.no_figures
     )
+    sides = ""
+    if "substrate_test_accuracy" in results:
+        sides = (
+            f" (substrate {results['substrate_test_accuracy']:.4f}, ideal model {results['ideal_test_accuracy']:.4f})"
+        )
     print(
-        f"{config.name}: test accuracy {results['test_accuracy']:.4f}, best validation "
+        f"{config.name}: test accuracy {results['test_accuracy']:.4f}{sides}, best validation "
         f"{results['best_val_accuracy']:.4f}, {results['epochs']} epochs in {results['train_seconds']:.1f} s "
         f"-> {workdir}"
     )

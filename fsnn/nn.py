@@ -93,11 +93,16 @@ class SpikingDense(nnx.Module):
         self, input_times: Float[Array, " n_in"], neuron: Mapping[str, ArrayLike] | None = None
     ) -> Float[Array, " n_out"]:
         """Spike times ``[n_out]``; ``neuron`` may supply values (arrays) for the fixed neuron parameters."""
-        kernel = self.kernel[...]
-        input_times = jnp.asarray(input_times, kernel.dtype)  # compute in the parameters' dtype
+        return layer_spike_times(
+            self.with_bias(input_times), self.kernel[...], self.neuron_with(neuron), solver=self.solver
+        )
+
+    def with_bias(self, input_times: Float[Array, " n_in"]) -> Float[Array, " n_rows"]:
+        """``input_times`` in the parameters' dtype with the bias spikes appended (one per kernel row)."""
+        input_times = jnp.asarray(input_times, self.kernel[...].dtype)
         if self.bias_times:
             input_times = jnp.concatenate([input_times, jnp.asarray(self.bias_times, input_times.dtype)])
-        return layer_spike_times(input_times, kernel, self.neuron_with(neuron), solver=self.solver)
+        return input_times
 
 
 class SpikingNetwork(nnx.Module):

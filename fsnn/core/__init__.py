@@ -10,3 +10,4 @@ from fsnn.core.spike_time import first_spike_time as first_spike_time
 from fsnn.core.spike_time import layer_membrane as layer_membrane
 from fsnn.core.spike_time import layer_spike_times as layer_spike_times
 from fsnn.core.spike_time import resolve_solver as resolve_solver
+from fsnn.core.spike_time import spike_times_at as spike_times_at

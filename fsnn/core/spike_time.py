@@ -48,7 +48,14 @@ from jaxtyping import Array, ArrayLike, Float
 from fsnn.core.lambertw import lambertw
 from fsnn.core.neuron import LIFParams, expm1_ratio, log1p_ratio, psp_kernel
 
-__all__ = ["SOLVERS", "resolve_solver", "layer_spike_times", "first_spike_time", "layer_membrane"]
+__all__ = [
+    "SOLVERS",
+    "resolve_solver",
+    "layer_spike_times",
+    "spike_times_at",
+    "first_spike_time",
+    "layer_membrane",
+]
 
 Solver = Literal["auto", "lambertw", "quadratic", "root"]
 # Layers with at most this many neurons search all prefixes in parallel (see `_forward`).
@@ -375,7 +382,7 @@ def _spike_times(solver: str, input_times, weights, params):
     return _forward(solver, input_times, weights, params)
 
 
-def _spike_times_jvp(solver, primals, tangents):
+def _spike_time_tangent(solver, t_out, primals, tangents):
     """Implicit-function theorem at the spike: ``dT = -(dV - d theta) / V'(T)``.
 
     ``dV`` and the slope ``V'(T)`` share one ``[n_in, n_out]`` kernel pass; tangents that are
@@ -384,7 +391,6 @@ def _spike_times_jvp(solver, primals, tangents):
     """
     input_times, weights, params = primals
     d_times, d_weights, d_params = tangents
-    t_out = _spike_times(solver, input_times, weights, params)
     fired = jnp.isfinite(t_out)
     t_safe = jnp.where(fired, t_out, 0.0)
     tau_m, tau_s = _row(params.tau_m), _row(params.tau_s)
@@ -417,10 +423,28 @@ def _spike_times_jvp(solver, primals, tangents):
     eps = jnp.finfo(t_out.dtype).eps
     floor = jnp.sqrt(eps) * (params.threshold - params.e_leak) / params.tau_s
     dt = -dv / jnp.maximum(slope, floor)
-    return t_out, jnp.where(fired, dt, 0.0)
+    return jnp.where(fired, dt, 0.0)
+
+
+def _spike_times_jvp(solver, primals, tangents):
+    t_out = _spike_times(solver, *primals)
+    return t_out, _spike_time_tangent(solver, t_out, primals, tangents)
 
 
 _spike_times.defjvp(_spike_times_jvp, symbolic_zeros=True)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _observed_spike_times(solver: str, observed, input_times, weights, params):
+    return observed
+
+
+def _observed_spike_times_jvp(solver, primals, tangents):
+    observed, *rest = primals
+    return observed, _spike_time_tangent(solver, observed, tuple(rest), tuple(tangents[1:]))
+
+
+_observed_spike_times.defjvp(_observed_spike_times_jvp, symbolic_zeros=True)
 
 
 def layer_spike_times(
@@ -453,6 +477,45 @@ def layer_spike_times(
         >>> t.shape
         (3,)
     """
+    solver, input_times, weights, params = _checked(input_times, weights, params, solver)
+    if input_times.shape[0] == 0:
+        return jnp.full((weights.shape[1],), jnp.inf, weights.dtype)
+    return _spike_times(solver, input_times, weights, params)
+
+
+def spike_times_at(
+    observed: Float[ArrayLike, " n_out"],
+    input_times: Float[ArrayLike, " n_in"],
+    weights: Float[ArrayLike, "n_in n_out"],
+    params: LIFParams = LIFParams(),
+    *,
+    solver: Solver = "auto",
+) -> Float[Array, " n_out"]:
+    r"""Spike times ``observed`` elsewhere, with the layer's exact gradients evaluated at them.
+
+    The value is ``observed`` (e.g. spike times measured on an analog substrate, `fsnn.substrate`);
+    the derivative is the implicit-function-theorem derivative of `layer_spike_times` with the
+    membrane of the *model* (``input_times``, ``weights``, ``params``) evaluated at ``observed``
+    instead of at the model's own spike times: how Göltz et al. (2021) trained in the loop on
+    BrainScaleS-2. Where ``observed`` equals the model's spike times, value and gradients equal
+    `layer_spike_times`. ``inf`` (silent) entries get zero gradient; ``observed`` itself gets none.
+
+    Example:
+        >>> x, w = jnp.array([0.0, 0.5]), jnp.full((2, 3), 2.0)
+        >>> bool(jnp.allclose(spike_times_at(layer_spike_times(x, w), x, w), layer_spike_times(x, w)))
+        True
+    """
+    solver, input_times, weights, params = _checked(input_times, weights, params, solver)
+    observed = jax.lax.stop_gradient(jnp.asarray(observed, weights.dtype))
+    if observed.shape != (weights.shape[1],):
+        raise ValueError(f"`observed` must have shape [n_out] = [{weights.shape[1]}]; got {observed.shape}.")
+    if input_times.shape[0] == 0:
+        return observed
+    return _observed_spike_times(solver, observed, input_times, weights, params)
+
+
+def _checked(input_times, weights, params: LIFParams, solver: Solver):
+    """Validated ``(solver, input_times, weights, params)`` in one floating dtype (nan inputs -> inf)."""
     input_times = jnp.asarray(input_times)
     weights = jnp.asarray(weights)
     if input_times.ndim != 1:
@@ -475,10 +538,7 @@ def layer_spike_times(
     solver = resolve_solver(params, solver)
     params = params.astype(dtype)
     input_times = jnp.where(jnp.isnan(input_times), jnp.inf, input_times.astype(dtype))
-    weights = weights.astype(dtype)
-    if input_times.shape[0] == 0:
-        return jnp.full((n_out,), jnp.inf, dtype)
-    return _spike_times(solver, input_times, weights, params)
+    return solver, input_times, weights.astype(dtype), params
 
 
 def first_spike_time(

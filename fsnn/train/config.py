@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fsnn.core.neuron import LIFParams
+from fsnn.substrate import Substrate
 
 __all__ = ["Config", "ConfigError", "load_config", "apply_overrides", "EXPERIMENTS_DIR"]
 
@@ -87,6 +88,23 @@ class Config:
     max_dw_norm: float | None = 0.2
     # model selection: test the weights of the best validation epoch (saved under WORKDIR/best/)
     select_best: bool = False
+    # emulated analog substrate (`fsnn.substrate`; the defaults are the ideal model): per-neuron
+    # fixed-pattern variation of tau_m, tau_s, theta; weight magnitude bits (None = float; 6 = ±63
+    # steps) with the
+    # largest step per layer (() = |init mean| + 3 init std); spike-time jitter; Euler step (None =
+    # exact) and horizon; dead-neuron fraction; the chip's seed; microseconds per tau_s
+    substrate_variation: float = 0.0
+    substrate_weight_bits: int | None = None
+    substrate_weight_max: tuple[float, ...] = ()
+    substrate_jitter: float = 0.0
+    substrate_dt: float | None = None
+    substrate_t_max: float = 8.0
+    substrate_dead_fraction: float = 0.0
+    substrate_seed: int = 0
+    substrate_tau_us: float = 6.0
+    # train with the forward pass on the substrate and the ideal model's gradients at its spike
+    # times (else: train the ideal model and test it on both)
+    in_the_loop: bool = False
     # data parallelism: batches sharded over this many devices (0 = all visible), parameters replicated
     devices: int = 1
     # bookkeeping
@@ -111,6 +129,21 @@ class Config:
     @property
     def neuron(self) -> LIFParams:
         return LIFParams(self.tau_m, self.tau_s, self.threshold, self.g_leak, self.e_leak)
+
+    @property
+    def substrate(self) -> Substrate:
+        """The emulated substrate of the ``substrate_*`` keys (``weight_max`` resolved per layer)."""
+        return Substrate(
+            variation=self.substrate_variation,
+            weight_bits=self.substrate_weight_bits,
+            weight_max=self.substrate_weight_max or tuple(abs(m) + 3 * s for m, s in self.init),
+            jitter=self.substrate_jitter,
+            dt=self.substrate_dt,
+            t_max=self.substrate_t_max,
+            dead_fraction=self.substrate_dead_fraction,
+            seed=self.substrate_seed,
+            tau_us=self.substrate_tau_us,
+        )
 
     def validate(self) -> None:
         """Raise `ConfigError` naming the key and the allowed values for anything impossible."""
@@ -159,6 +192,34 @@ class Config:
             bad("max_dw_norm", f"must be > 0 or None (off); got {self.max_dw_norm}.")
         if not 0 <= self.t_early < self.t_late:
             bad("t_late", f"must exceed `t_early` >= 0; got {self.t_early}, {self.t_late}.")
+        if not 0 <= self.substrate_variation <= 1:
+            bad("substrate_variation", f"is a relative spread in [0, 1]; got {self.substrate_variation}.")
+        if self.substrate_weight_bits is not None and not 1 <= self.substrate_weight_bits <= 16:
+            bad("substrate_weight_bits", f"must be in 1..16 or None (float); got {self.substrate_weight_bits}.")
+        if self.substrate_weight_max and (
+            len(self.substrate_weight_max) != len(self.sizes) or min(self.substrate_weight_max) <= 0
+        ):
+            bad(
+                "substrate_weight_max",
+                f"needs one value > 0 per layer ({len(self.sizes)}), or () for |init mean| + 3 init std; "
+                f"got {self.substrate_weight_max}.",
+            )
+        if self.substrate_jitter < 0:
+            bad("substrate_jitter", f"must be >= 0; got {self.substrate_jitter}.")
+        if not 0 <= self.substrate_dead_fraction < 1:
+            bad("substrate_dead_fraction", f"must lie in [0, 1); got {self.substrate_dead_fraction}.")
+        if not self.substrate_t_max > 0:
+            bad("substrate_t_max", f"must be > 0; got {self.substrate_t_max}.")
+        if self.substrate_dt is not None and not (
+            self.substrate_dt > 0 and self.substrate_t_max / self.substrate_dt <= 10**5
+        ):
+            bad(
+                "substrate_dt",
+                f"must be > 0 with at most 1e5 steps up to `substrate_t_max` ({self.substrate_t_max}), or None "
+                f"(exact); got {self.substrate_dt}.",
+            )
+        if not self.substrate_tau_us > 0:
+            bad("substrate_tau_us", f"must be > 0; got {self.substrate_tau_us}.")
         unknown = set(self.trainable_neuron) - set(LIFParams._fields)
         if unknown:
             bad("trainable_neuron", f"holds {sorted(unknown)}; allowed: {LIFParams._fields}.")

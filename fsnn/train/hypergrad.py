@@ -108,7 +108,7 @@ def unrolled_validation_loss(
         state = jax.lax.stop_gradient(state)
     state, _ = jax.lax.scan(step, state, jax.tree.map(lambda a: a[head:], (idx, valid, keys)))
     criterion = {k: trainer.hp[k] for k in _LOSS_KEYS}  # the config's loss, whatever ``hp`` trains with
-    return trainer._evaluate(state.params, *validation, {**hp, **criterion})["loss"]
+    return trainer._evaluate(state.params, *validation, {**hp, **criterion}, trainer.config.in_the_loop)["loss"]
 
 
 def hypergradient(

@@ -29,6 +29,7 @@ from fsnn.encoding import add_input_noise, values_to_times
 from fsnn.losses import is_correct, mse_spike_time, ttfs_cross_entropy
 from fsnn.nn import SpikingNetwork, batched
 from fsnn.remedies import BumpState, apply_bump, bump_targets, drop_large_weight_grads
+from fsnn.substrate import network_on_substrate, substrate_values
 from fsnn.train import checkpoint
 from fsnn.train.config import Config, ConfigError
 
@@ -36,6 +37,8 @@ __all__ = [
     "TrainState",
     "Trainer",
     "hyperparameters",
+    "activity",
+    "activity_summary",
     "train_and_evaluate",
     "load_data",
     "evaluate_run",
@@ -99,6 +102,8 @@ def build_model(config: Config) -> SpikingNetwork:
 DYNAMIC_KEYS = (
     "seed", "init", "learning_rate", "lr_step", "lr_gamma", "xi", "alpha", "beta", "silent_loss", "mse_targets",
     "input_noise", "bump_value", "max_missing", "max_dw_norm", "threshold", "g_leak", "e_leak",
+    "substrate_variation", "substrate_weight_bits", "substrate_weight_max", "substrate_jitter",
+    "substrate_dead_fraction", "substrate_seed",
 )  # fmt: skip
 NEURON_KEYS = ("tau_m", "tau_s", "threshold", "g_leak", "e_leak")
 
@@ -107,7 +112,8 @@ def hyperparameters(config: Config) -> dict[str, Any]:
     """The dynamic config values of a run as arrays (in the run's dtype; seed and step as int32).
 
     ``init`` is ``[n_layers, 2]`` (mean, std); ``neuron`` maps each `LIFParams` field to one value per
-    layer (the fixed value, or the initial value of a learned one).
+    layer (the fixed value, or the initial value of a learned one); ``substrate`` holds the
+    `fsnn.substrate.substrate_values`.
     """
     dtype = jnp.dtype(config.dtype)
     n_layers = len(config.sizes)
@@ -131,6 +137,7 @@ def hyperparameters(config: Config) -> dict[str, Any]:
         "max_missing": arr(config.max_missing),
         "max_dw_norm": arr(config.max_dw_norm or 0.0),
         "neuron": {k: arr([getattr(config, k)] * n_layers) for k in NEURON_KEYS},
+        "substrate": substrate_values(config.substrate, n_layers, dtype),
     }
 
 
@@ -179,9 +186,10 @@ class Trainer:
             eps_root=config.adam_eps_root,
         )
         self.loss_fn = _sample_loss(config)
+        self.substrate = config.substrate
         self.mesh = _data_mesh(config)
         self.jit_train_epoch = xla.jit(self._train_epoch)
-        self.jit_evaluate = xla.jit(self._evaluate)
+        self.jit_evaluate = xla.jit(self._evaluate, static_argnums=4)
 
     @property
     def n_devices(self) -> int:
@@ -191,9 +199,16 @@ class Trainer:
         """One compiled epoch: ``(state, summary)``."""
         return self.jit_train_epoch(state, x, y, self.hp if hp is None else hp)
 
-    def evaluate(self, params: dict, x: jax.Array, y: jax.Array, hp: dict | None = None) -> dict:
-        """Loss, accuracy, silent fractions and spike times over a split (compiled)."""
-        return self.jit_evaluate(params, x, y, self.hp if hp is None else hp)
+    def evaluate(
+        self, params: dict, x: jax.Array, y: jax.Array, hp: dict | None = None, on_substrate: bool | None = None
+    ) -> dict:
+        """Loss, accuracy, silent fractions, activity and spike times over a split (compiled).
+
+        ``on_substrate`` runs the forward pass on the emulated substrate (default: where the
+        run trains, i.e. ``config.in_the_loop``).
+        """
+        on_substrate = self.config.in_the_loop if on_substrate is None else on_substrate
+        return self.jit_evaluate(params, x, y, self.hp if hp is None else hp, on_substrate)
 
     def init_state(self, hp: dict | None = None, normals: list[jax.Array] | None = None) -> TrainState:
         """The initial state: kernels ``mean + std * normals`` with ``(mean, std) = hp["init"]``.
@@ -237,35 +252,49 @@ class Trainer:
     def _neurons(self, hp) -> list[dict]:
         return [{k: v[i] for k, v in hp["neuron"].items()} for i in range(self.n_layers)]
 
-    def forward(self, params: dict, x: jax.Array, hp: dict | None = None) -> list[jax.Array]:
-        """Spike times of every layer for one sample."""
-        return nnx.merge(self.graphdef, params)(x, self._neurons(self.hp if hp is None else hp))
+    def forward(
+        self, params: dict, x: jax.Array, hp: dict | None = None, key: jax.Array | None = None
+    ) -> list[jax.Array]:
+        """Spike times of every layer for one sample; with a (jitter) ``key``, on the substrate."""
+        hp = self.hp if hp is None else hp
+        model = nnx.merge(self.graphdef, params)
+        if key is None:
+            return model(x, self._neurons(hp))
+        return network_on_substrate(model, x, hp["substrate"], key, self.substrate, self._neurons(hp))
 
-    def forward_batch(self, params: dict, x: jax.Array, hp: dict | None = None) -> list[jax.Array]:
-        """Spike times of every layer for a batch ``[batch, n_in]``."""
-        return batched(self.graphdef, params, x, self._neurons(self.hp if hp is None else hp))
+    def forward_batch(
+        self, params: dict, x: jax.Array, hp: dict | None = None, keys: jax.Array | None = None
+    ) -> list[jax.Array]:
+        """Spike times of every layer for a batch ``[batch, n_in]``; with ``keys [batch]``, on the substrate."""
+        hp = self.hp if hp is None else hp
+        if keys is None:
+            return batched(self.graphdef, params, x, self._neurons(hp))
+        return jax.vmap(self.forward, in_axes=(None, 0, None, 0))(params, x, hp, keys)
 
     # -- one batch ----------------------------------------------------------------------------
-    def _grads(self, params, x, y, valid, hp):
-        """Loss, per-layer times and gradient of the batch-mean loss (gradient drop applied)."""
+    def _grads(self, params, x, y, valid, hp, keys):
+        """Loss, per-layer times and gradient of the batch-mean loss (gradient drop applied).
+
+        ``keys [batch]`` (jitter keys) put the forward pass on the substrate; ``None``: ideal.
+        """
         cfg = self.config
         n_valid = jnp.maximum(jnp.sum(valid), 1).astype(x.dtype)
 
-        def sample_loss(p, xi, yi, vi):
-            times = self.forward(p, xi, hp)
+        def sample_loss(p, xi, yi, vi, ki):
+            times = self.forward(p, xi, hp, ki)
             return jnp.where(vi, self.loss_fn(times[-1], yi, hp), 0.0) / n_valid, times
 
         if cfg.max_dw_norm is None:
 
             def batch_loss(p):
-                times = self.forward_batch(p, x, hp)
+                times = self.forward_batch(p, x, hp, keys)
                 losses = jax.vmap(self.loss_fn, in_axes=(0, 0, None))(times[-1], y, hp)
                 return jnp.sum(jnp.where(valid, losses, 0.0) / n_valid), times
 
             (loss, times), grads = jax.value_and_grad(batch_loss, has_aux=True)(params)
             return loss, times, grads, jnp.asarray(0, jnp.int32)
-        per_sample = jax.vmap(jax.value_and_grad(sample_loss, has_aux=True), in_axes=(None, 0, 0, 0))
-        (losses, times), sample_grads = per_sample(params, x, y, valid)
+        per_sample = jax.vmap(jax.value_and_grad(sample_loss, has_aux=True), in_axes=(None, 0, 0, 0, 0))
+        (losses, times), sample_grads = per_sample(params, x, y, valid, keys)
         grads = jax.tree.map(lambda g: jnp.sum(g, axis=0), sample_grads)
         dropped = jnp.asarray(0, jnp.int32)
         for i in range(self.n_layers):
@@ -279,7 +308,8 @@ class Trainer:
         x, y, valid, key = batch
         if cfg.input_noise > 0:
             x = add_input_noise(key, x, hp["input_noise"])
-        loss, times, grads, dropped = self._grads(state.params, x, y, valid, hp)
+        keys = jax.random.split(jax.random.fold_in(key, 1), x.shape[0]) if cfg.in_the_loop else None
+        loss, times, grads, dropped = self._grads(state.params, x, y, valid, hp, keys)
         with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes int and float
             updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -356,8 +386,11 @@ class Trainer:
         }
         return state._replace(epoch=state.epoch + 1), summary
 
-    def _evaluate(self, params: dict, x: jax.Array, y: jax.Array, hp: dict) -> dict:
-        """Loss, accuracy and per-layer silent fractions over a split (eval-sized chunks)."""
+    def _evaluate(self, params: dict, x: jax.Array, y: jax.Array, hp: dict, on_substrate: bool) -> dict:
+        """Loss, accuracy, per-layer silent fractions and activity over a split (eval-sized chunks).
+
+        On the substrate the jitter of sample ``i`` depends only on the chip seed and ``i``.
+        """
         cfg = self.config
         n = x.shape[0]
         chunk = min(cfg.eval_batch_size, n)
@@ -365,14 +398,16 @@ class Trainer:
         pad = n_chunks * chunk - n
         xp = jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad, x.shape[1]))]).reshape(n_chunks, chunk, -1)
         yp = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)]).reshape(n_chunks, chunk)
+        eval_key = jax.random.fold_in(jax.random.key(hp["substrate"]["seed"]), 1)
+        kp = jax.vmap(jax.random.fold_in, (None, 0))(eval_key, jnp.arange(n_chunks * chunk)).reshape(n_chunks, chunk)
 
         def run(args):
-            xc, yc = self._shard_batch(*args) if chunk % self.n_devices == 0 else args
-            times = self.forward_batch(params, xc, hp)
+            xc, yc, kc = self._shard_batch(*args) if chunk % self.n_devices == 0 else args
+            times = self.forward_batch(params, xc, hp, kc if on_substrate else None)
             losses = jax.vmap(self.loss_fn, in_axes=(0, 0, None))(times[-1], yc, hp)
             return losses, jax.vmap(is_correct)(times[-1], yc), times
 
-        losses, correct, times = jax.lax.map(run, (xp, yp))
+        losses, correct, times = jax.lax.map(run, (xp, yp, kp))
         valid = jnp.arange(n_chunks * chunk) < n
         losses, correct = losses.reshape(-1), correct.reshape(-1)
         times = [t.reshape(n_chunks * chunk, -1)[:n] for t in times]
@@ -380,8 +415,29 @@ class Trainer:
             "loss": jnp.sum(jnp.where(valid, losses, 0.0)) / n,
             "accuracy": jnp.sum(correct & valid) / n,
             "silent_fraction": jnp.stack([jnp.mean(~jnp.isfinite(t)) for t in times]),
+            **activity(x, times, len(cfg.bias_times)),
             "times": times,  # every layer's spike times [n, n_layer] (for figures; stays on device)
         }
+
+
+def activity(x: jax.Array, times: list[jax.Array], n_bias: int) -> dict[str, jax.Array]:
+    """Per-image activity of a split: ``x [n, n_in]`` inputs, ``times`` every layer's ``[n, n_layer]``.
+
+    ``decision_time``: mean time of the first output spike over the images with one (the answer is
+    known then); ``spikes_per_neuron``: per layer; ``synaptic_events``: mean spikes delivered per
+    image (every input, bias and hidden spike times the size of the layer it feeds).
+    """
+    first = jnp.min(times[-1], axis=1)
+    decided = jnp.isfinite(first)
+    events = 0.0
+    for source, target in zip([x, *times[:-1]], times):
+        sent = jnp.sum(jnp.isfinite(source), axis=1) + n_bias
+        events = events + jnp.mean(sent.astype(x.dtype)) * target.shape[1]
+    return {
+        "decision_time": jnp.sum(jnp.where(decided, first, 0.0)) / jnp.maximum(jnp.sum(decided), 1).astype(x.dtype),
+        "spikes_per_neuron": jnp.stack([jnp.mean(jnp.isfinite(t).astype(x.dtype)) for t in times]),
+        "synaptic_events": events,
+    }
 
 
 def _data_mesh(config: Config) -> Mesh | None:
@@ -511,8 +567,16 @@ def train_and_evaluate(
         "train_samples_per_second": epochs_run * x_train.shape[0] / train_seconds if epochs_run else 0.0,
         "seed": config.seed,
         "test_silent_fraction": _to_python(test["silent_fraction"]),
+        **{f"test_{k}": v for k, v in activity_summary(test, config.substrate_tau_us).items()},
         "device": jax.devices()[0].device_kind,
     }
+    if not config.substrate.is_ideal:  # the same weights on the other side too
+        other = trainer.evaluate(reported.params, *data["test"], on_substrate=not config.in_the_loop)
+        on_chip, ideal = (test, other) if config.in_the_loop else (other, test)
+        results.update(substrate_test_accuracy=float(on_chip["accuracy"]), ideal_test_accuracy=float(ideal["accuracy"]))
+        results.update(
+            {f"substrate_test_{k}": v for k, v in activity_summary(on_chip, config.substrate_tau_us).items()}
+        )
     (workdir / "results.json").write_text(json.dumps(results, indent=2))
     if figures:  # from the test evaluation above: no extra compilation
         from fsnn.plot import read_metrics, save_figures
@@ -522,6 +586,17 @@ def train_and_evaluate(
         times = [np.asarray(t) for t in test["times"]]
         save_figures(workdir, read_metrics(workdir), kernels, np.asarray(x_test), times, np.asarray(y_test))
     return results
+
+
+def activity_summary(evaluation: dict, tau_us: float) -> dict[str, Any]:
+    """The `activity` of an evaluation as JSON values, the decision time also in (emulated) µs."""
+    decision = float(evaluation["decision_time"])
+    return {
+        "decision_time": decision,
+        "decision_time_us": decision * tau_us,
+        "spikes_per_neuron": _to_python(evaluation["spikes_per_neuron"]),
+        "synaptic_events": float(evaluation["synaptic_events"]),
+    }
 
 
 def _progress(total: int, initial: int, quiet: bool):
@@ -554,4 +629,9 @@ def evaluate_run(workdir: str | Path, *, data_dir: str | Path | None = None) -> 
         res = trainer.evaluate(state.params, *data[split])
         out[f"{split}_accuracy"] = float(res["accuracy"])
         out[f"{split}_loss"] = float(res["loss"])
+        if not config.substrate.is_ideal:
+            other = trainer.evaluate(state.params, *data[split], on_substrate=not config.in_the_loop)
+            on_chip, ideal = (res, other) if config.in_the_loop else (other, res)
+            out[f"substrate_{split}_accuracy"] = float(on_chip["accuracy"])
+            out[f"ideal_{split}_accuracy"] = float(ideal["accuracy"])
     return out

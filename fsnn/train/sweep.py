@@ -11,6 +11,7 @@ one compiled program per group. Each run ends with the weights it would have had
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import statistics
@@ -71,6 +72,8 @@ def group_key(config: Config) -> str:
         "solver": resolved_solver(config),
         "input_noise": config.input_noise > 0,
         "max_dw_norm": config.max_dw_norm is not None,
+        "chip_solver": config.substrate_variation > 0,  # varied neurons need the root solver
+        "quantized": config.substrate_weight_bits is not None,
     }
     return json.dumps(fixed, sort_keys=True)
 
@@ -102,7 +105,11 @@ def _train_group(configs: list[Config], data_dir, quiet: bool, log) -> tuple[lis
     data = load_data(first, data_dir)
     (x_train, y_train), (x_val, y_val) = data["train"], data["validation"]
     train_epoch = xla.jit(jax.vmap(trainer._train_epoch, in_axes=(0, None, None, 0)))
-    evaluate = xla.jit(jax.vmap(trainer._evaluate, in_axes=(0, None, None, 0)))
+
+    def evaluator(on_substrate: bool):
+        return xla.jit(jax.vmap(functools.partial(trainer._evaluate, on_substrate=on_substrate), (0, None, None, 0)))
+
+    evaluate = evaluator(first.in_the_loop)
     n = len(configs)
     best_val = np.full(n, -1.0)
     best_params = runs.params
@@ -129,8 +136,14 @@ def _train_group(configs: list[Config], data_dir, quiet: bool, log) -> tuple[lis
     seconds = time.perf_counter() - t0
     if progress is not None:
         progress.close()
+    any_best = any(c.select_best for c in configs)
     final = evaluate(runs.params, *data["test"], hps)
-    chosen = evaluate(best_params, *data["test"], hps) if any(c.select_best for c in configs) else final
+    chosen = evaluate(best_params, *data["test"], hps) if any_best else final
+    other_final = other_chosen = None
+    if any(not c.substrate.is_ideal for c in configs):  # the same weights on the other side too
+        evaluate_other = evaluator(not first.in_the_loop)
+        other_final = evaluate_other(runs.params, *data["test"], hps)
+        other_chosen = evaluate_other(best_params, *data["test"], hps) if any_best else other_final
     rows = []
     for i, config in enumerate(configs):
         use_best = config.select_best
@@ -146,6 +159,11 @@ def _train_group(configs: list[Config], data_dir, quiet: bool, log) -> tuple[lis
         }
         if use_best:
             row["best_epoch"] = int(best_epoch[i])
+        if other_final is not None:
+            other = other_chosen if use_best else other_final
+            on_chip, ideal = (test, other) if config.in_the_loop else (other, test)
+            row["substrate_test_accuracy"] = float(on_chip["accuracy"][i])
+            row["ideal_test_accuracy"] = float(ideal["accuracy"][i])
         rows.append(row)
     return rows, runs, seconds
 

@@ -1,0 +1,287 @@
+r"""An emulated analog substrate (BrainScaleS-2-like) and in-the-loop training.
+
+Göltz et al. (2021) ran the forward pass on the analog BrainScaleS-2 chip, whose neurons differ
+from the model, and computed the exact-gradient backward pass from the spike times the chip
+produced. This module emulates such a substrate, so that anyone can study the same effects:
+
+- **fixed-pattern variation**: every neuron's ``tau_m``, ``tau_s`` and ``theta - E_l`` are scaled by
+  ``1 + variation * z`` (``z ~ N(0, 1)`` drawn once per *chip* seed, floored at 0.1), so the same
+  chip seed gives the same pattern at every variation level;
+- **signed weight quantisation**: ``bits`` bits of magnitude and a sign (BrainScaleS-2 routes
+  excitatory and inhibitory weights through separate rows) give ``2**bits - 1`` steps each side of
+  zero (6 bits: ±63), the largest being ``weight_max`` (model units, per layer); larger weights clip;
+- **spike-time jitter**: Gaussian, independent per neuron and presentation (``inf`` stays ``inf``);
+- **time-discretised integration** (optional): forward Euler with step ``dt`` up to ``t_max``
+  instead of the exact solution; a spike is reported at the first grid time at or above threshold;
+- **dead neurons**: a fraction of the neurons of the chip never fire.
+
+In-the-loop training (`chip_layer`): the forward pass is the substrate's (quantised weights,
+varied neurons, jitter); the backward pass is the *ideal* model's exact gradient evaluated at the
+substrate's spike times (`fsnn.core.spike_time.spike_times_at`), with the float ("shadow") weights
+quantised on every write (straight-through: the gradient of the quantised weight is used for the
+float one). Times are in units of ``tau_s``; on BrainScaleS-2 ``tau_s`` is about 6 µs.
+
+Example:
+    >>> import jax
+    >>> chip = BRAINSCALES2
+    >>> pattern = draw_pattern(jax.random.key(chip.seed), (246, 10))  # a 256-246-10 chip
+    >>> [p["z"].shape for p in pattern]
+    [(3, 246), (3, 10)]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
+
+from fsnn.core.neuron import LIFParams
+from fsnn.core.spike_time import layer_spike_times, spike_times_at
+from fsnn.nn import SpikingNetwork
+
+__all__ = [
+    "Substrate",
+    "BRAINSCALES2",
+    "substrate_values",
+    "draw_pattern",
+    "chip_neurons",
+    "quantize_weights",
+    "euler_spike_times",
+    "jitter",
+    "chip_layer",
+    "network_on_substrate",
+]
+
+_MIN_FACTOR = 0.1  # fixed-pattern factors are floored here: no time constant or threshold <= 0
+_VARIED = ("tau_m", "tau_s", "threshold")
+
+
+@dataclasses.dataclass(frozen=True)
+class Substrate:
+    """What distinguishes the emulated substrate from the ideal model (defaults: ideal).
+
+    Attributes:
+        variation: relative std of the per-neuron fixed-pattern variation of ``tau_m``, ``tau_s``
+            and ``theta - E_l``.
+        weight_bits: weight magnitude bits (``None``: float weights): ``2**bits - 1`` steps each side.
+        weight_max: per layer, the model weight of the largest step (required with ``weight_bits``).
+        jitter: std of the spike-time jitter per neuron and presentation (units of ``tau_s``).
+        dt: Euler step of time-discretised integration (``None``: the exact solution).
+        t_max: integration horizon with ``dt`` (later spikes count as silent).
+        dead_fraction: fraction of the chip's neurons that never fire.
+        seed: the chip: seeds the fixed pattern and the dead neurons.
+        tau_us: wall-clock microseconds per unit of time (``tau_s``), for latencies.
+    """
+
+    variation: float = 0.0
+    weight_bits: int | None = None
+    weight_max: tuple[float, ...] = ()
+    jitter: float = 0.0
+    dt: float | None = None
+    t_max: float = 8.0
+    dead_fraction: float = 0.0
+    seed: int = 0
+    tau_us: float = 6.0
+
+    @property
+    def is_ideal(self) -> bool:
+        """Whether this substrate computes exactly what the model computes."""
+        return (
+            self.variation == 0
+            and self.weight_bits is None
+            and self.jitter == 0
+            and self.dt is None
+            and self.dead_fraction == 0
+        )
+
+    @property
+    def n_steps(self) -> int:
+        """Euler steps per layer (with ``dt``)."""
+        return math.ceil(self.t_max / self.dt) if self.dt else 0
+
+
+# Assumed, order-of-magnitude values for a calibrated BrainScaleS-2 chip (not measurements):
+# a few per cent of parameter spread after calibration, 6-bit weights (METHOD.md: ±63 steps),
+# tens of nanoseconds of spike-time jitter (0.01 tau_s = 60 ns at tau_s = 6 µs), no dead neurons.
+# The weight range belongs to the network: `dataclasses.replace(BRAINSCALES2, weight_max=(...))`.
+BRAINSCALES2 = Substrate(variation=0.05, weight_bits=6, jitter=0.01)
+
+
+def substrate_values(substrate: Substrate, n_layers: int, dtype=jnp.float32) -> dict[str, Array]:
+    """The values a compiled run reads as arrays (so sweeps can stack them): variation, jitter,
+    dead fraction, chip seed, steps per side of zero (``levels``) and ``weight_max`` per layer."""
+    if substrate.weight_bits is not None and len(substrate.weight_max) != n_layers:
+        raise ValueError(
+            f"`weight_max` needs one value per layer ({n_layers}) with `weight_bits`; got {substrate.weight_max}."
+        )
+    bits = substrate.weight_bits or 1
+    weight_max = substrate.weight_max or (1.0,) * n_layers
+    return {
+        "variation": jnp.asarray(substrate.variation, dtype),
+        "jitter": jnp.asarray(substrate.jitter, dtype),
+        "dead_fraction": jnp.asarray(substrate.dead_fraction, dtype),
+        "seed": jnp.asarray(substrate.seed, jnp.int32),
+        "levels": jnp.asarray(2**bits - 1, dtype),
+        "weight_max": jnp.asarray(weight_max, dtype),
+    }
+
+
+def draw_pattern(key: jax.Array, sizes: Sequence[int], dtype=jnp.float32) -> list[dict[str, Array]]:
+    """A chip: per layer, ``z [3, n]`` (N(0, 1) for ``tau_m``, ``tau_s``, ``theta``) and ``u [n]`` (U(0, 1))."""
+    pattern = []
+    for layer_key, n in zip(jax.random.split(key, len(sizes)), sizes):
+        kz, ku = jax.random.split(layer_key)
+        z = jax.random.normal(kz, (len(_VARIED), n), dtype)
+        pattern.append({"z": z, "u": jax.random.uniform(ku, (n,), dtype)})
+    return pattern
+
+
+def chip_neurons(
+    ideal: LIFParams, pattern: Mapping[str, Array], variation: ArrayLike, dead_fraction: ArrayLike
+) -> tuple[LIFParams, Array]:
+    """The chip's per-neuron parameters (``[n]`` each) for ``ideal`` ones, and which neurons live."""
+    dtype = pattern["z"].dtype
+    factors = jnp.maximum(1.0 + jnp.asarray(variation, dtype) * pattern["z"], _MIN_FACTOR)
+    ones = jnp.ones(pattern["u"].shape, dtype)
+    params = ideal.astype(dtype)
+    chip = LIFParams(
+        tau_m=params.tau_m * factors[0],
+        tau_s=params.tau_s * factors[1],
+        threshold=params.e_leak + (params.threshold - params.e_leak) * factors[2],
+        g_leak=params.g_leak * ones,
+        e_leak=params.e_leak * ones,
+    )
+    return chip, pattern["u"] >= jnp.asarray(dead_fraction, dtype)
+
+
+def quantize_weights(weights: Float[ArrayLike, "*s"], levels: ArrayLike, weight_max: ArrayLike) -> Float[Array, "*s"]:
+    """Signed weights rounded to ``levels`` steps each side of zero, the largest step ``weight_max``.
+
+    Example:
+        >>> quantize_weights(jnp.array([0.26, -5.0]), 4, 1.0).tolist()  # steps of 0.25, clipped at ±1
+        [0.25, -1.0]
+    """
+    weights = jnp.asarray(weights)
+    levels = jnp.asarray(levels, weights.dtype)
+    step = jnp.asarray(weight_max, weights.dtype) / levels
+    return jnp.clip(jnp.round(weights / step), -levels, levels) * step
+
+
+def euler_spike_times(
+    input_times: Float[ArrayLike, " n_in"],
+    weights: Float[ArrayLike, "n_in n_out"],
+    params: LIFParams,
+    dt: float,
+    t_max: float,
+) -> Float[Array, " n_out"]:
+    """First spike times by forward-Euler integration with step ``dt`` on ``[0, t_max]`` (one sample).
+
+    An input at ``t_i`` enters the synaptic current at the first grid time ``k dt >= t_i``; a neuron
+    spikes at the first grid time where ``V >= theta`` (``inf`` if none by ``t_max``). Converges to
+    `layer_spike_times` as ``dt -> 0`` (first order). ``O(n_in n_out + (t_max / dt) n_out)`` work,
+    ``O(n_out)`` state.
+    """
+    input_times = jnp.asarray(input_times)
+    weights = jnp.asarray(weights)
+    n_steps = math.ceil(t_max / dt)
+    arrives = jnp.isfinite(input_times) & (input_times <= n_steps * dt)
+    step_of = jnp.where(arrives, jnp.ceil(jnp.maximum(input_times, 0.0) / dt), n_steps + 1).astype(jnp.int32)
+    drive = jax.ops.segment_sum(weights, step_of, num_segments=n_steps + 2)[: n_steps + 1]  # [steps, n_out]
+    p = params.astype(weights.dtype)
+    capacitance = p.capacitance
+    decay = 1.0 - dt / p.tau_s
+    n_out = weights.shape[1]
+
+    def step(carry, inputs):
+        current, v, t_spike = carry
+        jump, k = inputs
+        current = current + jump
+        t_spike = jnp.where(jnp.isinf(t_spike) & (v >= p.threshold), k * dt, t_spike)
+        v = v + dt * (p.g_leak * (p.e_leak - v) + current) / capacitance
+        return (current * decay, v, t_spike), None
+
+    start = (
+        jnp.zeros((n_out,), weights.dtype),
+        jnp.broadcast_to(p.e_leak, (n_out,)).astype(weights.dtype),
+        jnp.full((n_out,), jnp.inf, weights.dtype),
+    )
+    ks = jnp.arange(n_steps + 1).astype(weights.dtype)
+    (_, _, t_spike), _ = jax.lax.scan(step, start, (drive, ks))
+    return t_spike
+
+
+def jitter(key: jax.Array, times: Float[Array, "*s"], std: ArrayLike) -> Float[Array, "*s"]:
+    """``times`` plus independent N(0, std²) noise; silent (``inf``) entries stay silent."""
+    noise = jnp.asarray(std, times.dtype) * jax.random.normal(key, times.shape, times.dtype)
+    return jnp.where(jnp.isfinite(times), times + noise, times)
+
+
+def chip_layer(
+    input_times: Float[Array, " n_in"],
+    weights: Float[Array, "n_in n_out"],
+    ideal: LIFParams,
+    pattern: Mapping[str, Array],
+    values: Mapping[str, Array],
+    layer: int,
+    key: jax.Array,
+    substrate: Substrate,
+    *,
+    solver: str,
+) -> Float[Array, " n_out"]:
+    """One layer on the substrate (one sample), differentiable as in-the-loop training is.
+
+    Value: the substrate's spike times (quantised weights, the chip's neurons, dead neurons
+    silent, jitter). Gradient: the ideal layer's exact gradient at those times (`spike_times_at`
+    with ``ideal`` parameters), reaching the float weights straight through the quantiser.
+
+    Args:
+        input_times: ``[n_in]``, bias spikes included.
+        weights: the float weights ``[n_in, n_out]``.
+        ideal: the model's neuron parameters (scalars or ``[n_out]``).
+        pattern: this layer's entry of `draw_pattern`.
+        values: `substrate_values` (arrays; ``weight_max`` indexed by ``layer``).
+        key: jitter key of this presentation.
+        substrate: the static settings (whether to quantise, Euler or exact).
+        solver: the ideal model's solver (the chip uses ``root`` when its neurons vary).
+    """
+    if substrate.weight_bits is not None:
+        written = quantize_weights(weights, values["levels"], values["weight_max"][layer])
+        weights = weights + jax.lax.stop_gradient(written - weights)
+    chip, alive = chip_neurons(ideal, pattern, values["variation"], values["dead_fraction"])
+    stopped = jax.lax.stop_gradient((input_times, weights, chip))
+    if substrate.dt is not None:
+        observed = euler_spike_times(*stopped, substrate.dt, substrate.t_max)
+    else:
+        observed = layer_spike_times(*stopped, solver="root" if substrate.variation > 0 else solver)
+    observed = jitter(key, jnp.where(alive, observed, jnp.inf), values["jitter"])
+    return spike_times_at(observed, input_times, weights, ideal, solver=solver)
+
+
+def network_on_substrate(
+    model: SpikingNetwork,
+    input_times: Float[Array, " n_in"],
+    values: Mapping[str, Array],
+    key: jax.Array,
+    substrate: Substrate,
+    neurons: Sequence[Mapping[str, ArrayLike]] | None = None,
+) -> list[Float[Array, " n"]]:
+    """Spike times of every layer of ``model`` run on the substrate (one sample; see `chip_layer`).
+
+    ``values`` are `substrate_values` (the chip is ``values["seed"]``), ``key`` the jitter key of this
+    presentation, ``neurons`` optional values of each layer's fixed neuron parameters (as for
+    `SpikingNetwork`).
+    """
+    dtype = model.layers[0].kernel[...].dtype
+    pattern = draw_pattern(jax.random.key(values["seed"]), [layer.out_features for layer in model.layers], dtype)
+    keys = jax.random.split(key, len(model.layers))
+    out = []
+    for i, layer in enumerate(model.layers):
+        ideal = layer.neuron_with(None if neurons is None else neurons[i])
+        args = (layer.with_bias(input_times), layer.kernel[...], ideal, pattern[i], values, i, keys[i], substrate)
+        input_times = chip_layer(*args, solver=layer.solver)
+        out.append(input_times)
+    return out

@@ -1,0 +1,230 @@
+"""fsnn.substrate: the emulated analog substrate and in-the-loop training."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from fsnn import LIFParams, layer_spike_times, membrane_potential, simulate_neuron, spike_times_at
+from fsnn import substrate as sub
+from fsnn.nn import SpikingNetwork
+from fsnn.train import Config, ConfigError, apply_overrides, load_config
+from fsnn.train.loop import Trainer, activity, evaluate_run, load_data, train_and_evaluate
+from fsnn.train.sweep import group_key, sweep
+
+F64 = jnp.float64
+
+
+def _layer(seed=0, n_in=6, n_out=5):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(np.sort(rng.uniform(0.0, 1.5, n_in)), F64)
+    w = jnp.asarray(rng.normal(1.2, 0.8, (n_in, n_out)), F64)
+    return x, w
+
+
+def test_spike_times_at_the_model_times_is_the_model():
+    x, w = _layer()
+    params = LIFParams(1.0, 1.0, 1.0)
+    t = layer_spike_times(x, w, params)
+    assert np.isfinite(t).sum() >= 3
+
+    def total(f, x, w):
+        out = f(x, w)
+        return jnp.sum(jnp.where(jnp.isfinite(out), out, 0.0) ** 2)
+
+    model = jax.grad(lambda x, w: total(lambda a, b: layer_spike_times(a, b, params), x, w), (0, 1))(x, w)
+    at = jax.grad(lambda x, w: total(lambda a, b: spike_times_at(t, a, b, params), x, w), (0, 1))(x, w)
+    np.testing.assert_array_equal(spike_times_at(t, x, w, params), t)
+    for a, b in zip(model, at):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_spike_times_at_other_times_uses_the_model_membrane_there():
+    """dT/dw_i = -(dV/dw_i) / (dV/dt) of the model's membrane at the observed T, by autodiff."""
+    x, w = _layer(1, n_out=1)
+    params = LIFParams(1.0, 1.0, 1.0)
+    t_model = float(layer_spike_times(x, w, params)[0])
+    observed = jnp.asarray([t_model + 0.1], F64)  # e.g. a chip neuron with a higher threshold
+    grad = jax.grad(lambda w: spike_times_at(observed, x, w, params)[0])(w)
+
+    def v(t, w):
+        return membrane_potential(t, x, w[:, 0], params)
+
+    expected = -jax.grad(v, 1)(observed[0], w) / jax.grad(v, 0)(observed[0], w)
+    np.testing.assert_allclose(grad, expected, rtol=1e-10)
+    silent = jax.grad(lambda w: spike_times_at(jnp.asarray([jnp.inf], F64), x, w, params)[0])(w)
+    np.testing.assert_array_equal(silent, 0.0)
+
+
+def test_quantize_weights_rounds_clips_and_is_odd():
+    w = jnp.asarray([0.0, 0.01, 0.02, -0.03, 1.0, 7.5, -9.0], F64)
+    q = sub.quantize_weights(w, 63, 6.0)  # 6 bits, steps of 6/63
+    step = 6.0 / 63
+    np.testing.assert_allclose(q, np.clip(np.round(np.asarray(w) / step), -63, 63) * step)
+    assert float(q.max()) == pytest.approx(6.0) and float(q.min()) == pytest.approx(-6.0)
+    np.testing.assert_array_equal(sub.quantize_weights(-w, 63, 6.0), -q)
+    assert len(np.unique(np.asarray(sub.quantize_weights(jnp.linspace(-7, 7, 1001), 7, 1.0)))) == 15  # ±7 steps
+    assert float(sub.substrate_values(sub.Substrate(weight_bits=6, weight_max=(1.0,)), 1)["levels"]) == 63
+
+
+def test_chip_pattern_scales_with_variation_and_kills_neurons():
+    pattern = sub.draw_pattern(jax.random.key(3), (4000,), F64)[0]
+    ideal = LIFParams(2.0, 1.0, 1.5, 1.0, 0.5)
+    same, alive = sub.chip_neurons(ideal, pattern, 0.0, 0.0)
+    for field, value in zip(LIFParams._fields, ideal):
+        np.testing.assert_array_equal(getattr(same, field), value)
+    assert bool(alive.all())
+    chip, alive = sub.chip_neurons(ideal, pattern, 0.1, 0.25)
+    assert np.std(chip.tau_m / 2.0) == pytest.approx(0.1, rel=0.05)
+    assert np.std((chip.threshold - 0.5) / 1.0) == pytest.approx(0.1, rel=0.05)
+    assert np.mean(~np.asarray(alive)) == pytest.approx(0.25, abs=0.02)
+    extreme, _ = sub.chip_neurons(ideal, pattern, 1.0, 0.0)
+    assert float(extreme.tau_s.min()) >= 0.1 * 1.0 - 1e-12  # floored: never <= 0
+    again = sub.draw_pattern(jax.random.key(3), (4000,), F64)[0]
+    np.testing.assert_array_equal(again["z"], pattern["z"])  # a chip is its seed
+
+
+def test_euler_integration_converges_to_the_exact_spike_times():
+    x, w = _layer(2, n_in=8, n_out=6)
+    x = x.at[3].set(jnp.inf)  # a silent input
+    for params in (LIFParams(1.0, 1.0, 1.0), LIFParams(2.0, 1.0, 1.0, 0.5, 0.2)):
+        exact = layer_spike_times(x, w, params, solver="root")
+        fired = np.isfinite(exact)
+        assert fired.sum() >= 3
+        errors = []
+        for dt in (0.02, 0.002):
+            euler = sub.euler_spike_times(x, w, params, dt, 8.0)
+            np.testing.assert_array_equal(np.isfinite(euler), fired)
+            errors.append(np.max(np.abs(np.asarray(euler - exact)[fired])))
+        assert errors[1] < 0.2 * errors[0] and errors[1] < 0.02  # first order
+    oracle = simulate_neuron(np.asarray(x), np.asarray(w[:, 0]), LIFParams(1.0, 1.0, 1.0)).spike_time
+    assert float(sub.euler_spike_times(x, w[:, :1], LIFParams(), 1e-3, 8.0)[0]) == pytest.approx(oracle, abs=3e-3)
+    late = sub.euler_spike_times(x, w, LIFParams(), 0.01, 0.05)  # horizon before any spike
+    assert bool(jnp.all(jnp.isinf(late)))
+
+
+def test_jitter_moves_spikes_and_keeps_silence():
+    times = jnp.asarray([0.5, jnp.inf, 1.0] * 2000, F64)
+    out = sub.jitter(jax.random.key(0), times, 0.05)
+    assert bool(jnp.all(jnp.isinf(out[1::3])))
+    assert np.std(np.asarray(out[0::3]) - 0.5) == pytest.approx(0.05, rel=0.05)
+
+
+def _net():
+    return SpikingNetwork(4, (20, 3), init=((1.5, 0.8), (0.5, 0.8)), param_dtype=F64, rngs=nnx.Rngs(0))
+
+
+def test_ideal_substrate_is_the_model_with_the_model_gradients():
+    net = _net()
+    graphdef, state = nnx.split(net)
+    x = jnp.asarray([0.2, 0.5, 1.0, 1.7], F64)
+    ideal = sub.Substrate()
+    values = sub.substrate_values(ideal, 2, F64)
+
+    def loss(state, on_chip):
+        model = nnx.merge(graphdef, state)
+        t = sub.network_on_substrate(model, x, values, jax.random.key(0), ideal)[-1] if on_chip else model(x)[-1]
+        return jnp.sum(jnp.where(jnp.isfinite(t), t, 0.0) ** 2)
+
+    assert float(loss(state, True)) == float(loss(state, False))
+    for a, b in zip(jax.tree.leaves(jax.grad(loss)(state, True)), jax.tree.leaves(jax.grad(loss)(state, False))):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+
+
+def test_imperfect_substrate_changes_times_and_keeps_gradients_finite():
+    net = _net()
+    graphdef, state = nnx.split(net)
+    x = jnp.asarray([[0.2, 0.5, 1.0, 1.7], [1.9, 0.15, 0.3, 1.0]], F64)
+    chip = sub.Substrate(variation=0.2, weight_bits=4, weight_max=(3.0, 3.0), jitter=0.05, dead_fraction=0.2)
+    values = sub.substrate_values(chip, 2, F64)
+    keys = jax.random.split(jax.random.key(1), 2)
+
+    def loss(state):
+        model = nnx.merge(graphdef, state)
+        times = jax.vmap(lambda xi, k: sub.network_on_substrate(model, xi, values, k, chip))(x, keys)
+        return jnp.sum(jnp.where(jnp.isfinite(times[-1]), times[-1], 0.0)), times
+
+    (value, times), grads = jax.value_and_grad(loss, has_aux=True)(state)
+    ideal = jax.vmap(net)(x)
+    assert not np.allclose(np.asarray(times[0]), np.asarray(ideal[0]))
+    assert np.isinf(np.asarray(times[0])).any()  # dead neurons stay silent
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+    assert any(float(jnp.abs(g).sum()) > 0 for g in jax.tree.leaves(grads))
+
+
+def test_activity_counts_spikes_and_synaptic_events():
+    x = jnp.asarray([[0.1, jnp.inf], [0.2, 0.3]], F64)
+    hidden = jnp.asarray([[1.0, jnp.inf, 2.0], [jnp.inf, jnp.inf, 1.5]], F64)
+    out = jnp.asarray([[3.0, 2.5], [jnp.inf, jnp.inf]], F64)
+    a = activity(x, [hidden, out], n_bias=1)
+    # inputs (+1 bias): 2 and 3 spikes -> 2.5 mean, x 3 targets; hidden (+1 bias): 3 and 2 -> 2.5 x 2
+    assert float(a["synaptic_events"]) == pytest.approx(2.5 * 3 + 2.5 * 2)
+    assert float(a["decision_time"]) == pytest.approx(2.5)  # the second image never decides
+    np.testing.assert_allclose(a["spikes_per_neuron"], [0.5, 0.5])
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("substrate_variation", 1.5, "[0, 1]"),
+        ("substrate_weight_bits", 0, "1..16"),
+        ("substrate_weight_max", (1.0,), "one value > 0 per layer"),
+        ("substrate_jitter", -0.1, ">= 0"),
+        ("substrate_dead_fraction", 1.0, "[0, 1)"),
+        ("substrate_dt", 1e-6, "at most 1e5 steps"),
+        ("substrate_tau_us", 0.0, "> 0"),
+    ],
+)
+def test_bad_substrate_keys_name_the_key(key, value, message):
+    with pytest.raises(ConfigError, match=key) as info:
+        apply_overrides(Config(), {key: value})
+    assert message in str(info.value)
+
+
+def test_in_the_loop_on_an_ideal_substrate_trains_like_the_ideal_model():
+    base = Config(hidden=(12,), train_size=300, eval_size=100, batch_size=50, dtype="float64")
+    states = []
+    for config in (base, dataclasses.replace(base, in_the_loop=True)):
+        trainer = Trainer(config)
+        x, y = load_data(config)["train"]
+        state, _ = trainer.train_epoch(trainer.init_state(), x, y)
+        states.append(state.params)
+    for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_in_the_loop_run_learns_and_reports_both_sides(tmp_path):
+    config = load_config("yinyang_substrate", smoke=True)
+    results = train_and_evaluate(config, tmp_path / "run", quiet=True, figures=False)
+    assert results["test_accuracy"] == results["substrate_test_accuracy"] >= 0.6
+    assert 0.0 <= results["ideal_test_accuracy"] <= 1.0
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    for key in ("test_decision_time", "test_decision_time_us", "test_spikes_per_neuron", "test_synaptic_events"):
+        assert key in saved
+    assert saved["test_decision_time_us"] == pytest.approx(6.0 * saved["test_decision_time"])
+    assert all(0 <= s <= 1 for s in saved["test_spikes_per_neuron"])
+    again = evaluate_run(tmp_path / "run")  # the jitter of an evaluation depends on the chip seed only
+    assert again["substrate_test_accuracy"] == results["substrate_test_accuracy"]
+    assert again["ideal_test_accuracy"] == results["ideal_test_accuracy"]
+
+
+def test_sweep_groups_by_chip_code_and_reports_both_sides():
+    base = dataclasses.replace(
+        load_config("yinyang_substrate", smoke=True), hidden=(10,), epochs=1, train_size=150, eval_size=100
+    )
+    assert group_key(dataclasses.replace(base, substrate_variation=0.0)) != group_key(base)  # exact vs root chip
+    assert group_key(dataclasses.replace(base, substrate_variation=0.2)) == group_key(base)
+    assert group_key(dataclasses.replace(base, substrate_weight_bits=None)) != group_key(base)
+    # transfer (ideal training) on a chip that differs by quantisation and jitter only: one cheap group
+    transfer = dataclasses.replace(base, in_the_loop=False, substrate_variation=0.0)
+    configs = [dataclasses.replace(transfer, substrate_weight_bits=b, substrate_seed=b) for b in (2, 6)]
+    rows, states = sweep(configs, quiet=True)
+    assert [r["group_runs"] for r in rows] == [2, 2]
+    assert rows[0]["test_accuracy"] == rows[0]["ideal_test_accuracy"] == rows[1]["ideal_test_accuracy"]
+    for config, row, state in zip(configs, rows, states):  # as the run's own trainer tests it on its chip
+        alone = Trainer(config).evaluate(state.params, *load_data(config)["test"], on_substrate=True)
+        assert row["substrate_test_accuracy"] == float(alone["accuracy"])
