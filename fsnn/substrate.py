@@ -98,11 +98,6 @@ class Substrate:
             and self.dead_fraction == 0
         )
 
-    @property
-    def n_steps(self) -> int:
-        """Euler steps per layer (with ``dt``)."""
-        return math.ceil(self.t_max / self.dt) if self.dt else 0
-
 
 # Assumed, order-of-magnitude values for a calibrated BrainScaleS-2 chip (not measurements):
 # a few per cent of parameter spread after calibration, 6-bit weights (METHOD.md: ±63 steps),

@@ -59,5 +59,7 @@ def test_every_experiment_loads_and_validates():
     for name in names:
         config, smoke = load_config(name), load_config(name, smoke=True)
         assert smoke.epochs < config.epochs
+    chip = load_config("mnist16_substrate")  # the paper's hardware network, 6-bit weights
+    assert (chip.n_inputs, chip.sizes, chip.substrate_weight_bits, chip.in_the_loop) == (256, (246, 10), 6, True)
     best = load_config("yinyang_best")
     assert resolve_solver(best.neuron) == "quadratic" and best.g_leak * best.tau_m == 1.0

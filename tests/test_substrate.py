@@ -13,7 +13,7 @@ from fsnn import LIFParams, layer_spike_times, membrane_potential, simulate_neur
 from fsnn import substrate as sub
 from fsnn.nn import SpikingNetwork
 from fsnn.train import Config, ConfigError, apply_overrides, load_config
-from fsnn.train.loop import Trainer, activity, evaluate_run, load_data, train_and_evaluate
+from fsnn.train.loop import Trainer, activity, evaluate_run, hyperparameters, load_data, train_and_evaluate
 from fsnn.train.sweep import group_key, sweep
 
 F64 = jnp.float64
@@ -130,8 +130,10 @@ def test_ideal_substrate_is_the_model_with_the_model_gradients():
         t = sub.network_on_substrate(model, x, values, jax.random.key(0), ideal)[-1] if on_chip else model(x)[-1]
         return jnp.sum(jnp.where(jnp.isfinite(t), t, 0.0) ** 2)
 
-    assert float(loss(state, True)) == float(loss(state, False))
-    for a, b in zip(jax.tree.leaves(jax.grad(loss)(state, True)), jax.tree.leaves(jax.grad(loss)(state, False))):
+    value_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+    (chip_value, chip_grads), (model_value, model_grads) = value_and_grad(state, True), value_and_grad(state, False)
+    assert float(chip_value) == float(model_value)
+    for a, b in zip(jax.tree.leaves(chip_grads), jax.tree.leaves(model_grads)):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
 
 
@@ -148,7 +150,7 @@ def test_imperfect_substrate_changes_times_and_keeps_gradients_finite():
         times = jax.vmap(lambda xi, k: sub.network_on_substrate(model, xi, values, k, chip))(x, keys)
         return jnp.sum(jnp.where(jnp.isfinite(times[-1]), times[-1], 0.0)), times
 
-    (value, times), grads = jax.value_and_grad(loss, has_aux=True)(state)
+    (value, times), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(state)
     ideal = jax.vmap(net)(x)
     assert not np.allclose(np.asarray(times[0]), np.asarray(ideal[0]))
     assert np.isinf(np.asarray(times[0])).any()  # dead neurons stay silent
@@ -225,6 +227,7 @@ def test_sweep_groups_by_chip_code_and_reports_both_sides():
     rows, states = sweep(configs, quiet=True)
     assert [r["group_runs"] for r in rows] == [2, 2]
     assert rows[0]["test_accuracy"] == rows[0]["ideal_test_accuracy"] == rows[1]["ideal_test_accuracy"]
-    for config, row, state in zip(configs, rows, states):  # as the run's own trainer tests it on its chip
-        alone = Trainer(config).evaluate(state.params, *load_data(config)["test"], on_substrate=True)
+    trainer, test = Trainer(configs[0]), load_data(configs[0])["test"]
+    for config, row, state in zip(configs, rows, states):  # as a single run is tested on its chip
+        alone = trainer.evaluate(state.params, *test, hyperparameters(config), on_substrate=True)
         assert row["substrate_test_accuracy"] == float(alone["accuracy"])

@@ -42,7 +42,7 @@ from fsnn.train.loop import (
 __all__ = ["expand_grid", "group_key", "sweep", "summarize", "format_summary"]
 
 # keys handled outside the compiled program (per run, or not at all in a sweep)
-_HOST_SIDE = ("name", "checkpoint_every", "select_best")
+_HOST_SIDE = ("name", "checkpoint_every", "select_best", "substrate_tau_us")
 
 
 def expand_grid(base: Config, seeds: int, grid: dict[str, Sequence[Any]]) -> list[Config]:
