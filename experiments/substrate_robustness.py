@@ -49,7 +49,7 @@ def get_smoke_config() -> Config:
 
 def scan_points(smoke: bool = False) -> list[dict]:
     """The substrate settings of both scans (the shared hardware point once)."""
-    variations, bits = (VARIATIONS[:2], BITS[-2:]) if smoke else (VARIATIONS, BITS)
+    variations, bits = (VARIATIONS[1:3], BITS[-1:]) if smoke else (VARIATIONS, BITS)  # smoke: one program
     points = [{"substrate_variation": v, "substrate_weight_bits": 6} for v in variations]
     points += [{"substrate_variation": 0.05, "substrate_weight_bits": b} for b in bits if b != 6]
     return points
@@ -63,7 +63,7 @@ def run(workdir: str | Path, *, smoke: bool = False, seeds: int = SEEDS) -> dict
     workdir = Path(workdir)
     base = get_smoke_config() if smoke else get_config()
     points = scan_points(smoke)
-    hardware = points[1]  # 5 % variation, 6 bits
+    hardware = next(p for p in points if p == {"substrate_variation": 0.05, "substrate_weight_bits": 6})
     test = load_data(base)["test"]
     trainers: dict[str, Trainer] = {}
 
@@ -83,7 +83,7 @@ def run(workdir: str | Path, *, smoke: bool = False, seeds: int = SEEDS) -> dict
         seconds[method] = time.perf_counter() - t0
         tested = [[on_chip(c, st.params, p) for c, st in zip(configs, states)] for p in points]
         accuracy[method] = [[float(e["accuracy"]) for e in row] for row in tested]
-        activity[method] = activity_summary(tested[1][0], base.substrate_tau_us)
+        activity[method] = activity_summary(tested[points.index(hardware)][0], base.substrate_tau_us)
 
     configs = [dataclasses.replace(base, seed=s, substrate_seed=s, **p) for p in points for s in range(seeds)]
     t0 = time.perf_counter()

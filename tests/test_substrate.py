@@ -1,6 +1,7 @@
 """fsnn.substrate: the emulated analog substrate and in-the-loop training."""
 
 import dataclasses
+import importlib.util
 import json
 
 import jax
@@ -13,6 +14,7 @@ from fsnn import LIFParams, layer_spike_times, membrane_potential, simulate_neur
 from fsnn import substrate as sub
 from fsnn.nn import SpikingNetwork
 from fsnn.train import Config, ConfigError, apply_overrides, load_config
+from fsnn.train.config import EXPERIMENTS_DIR
 from fsnn.train.loop import Trainer, activity, evaluate_run, hyperparameters, load_data, train_and_evaluate
 from fsnn.train.sweep import group_key, sweep
 
@@ -231,3 +233,18 @@ def test_sweep_groups_by_chip_code_and_reports_both_sides():
     for config, row, state in zip(configs, rows, states):  # as a single run is tested on its chip
         alone = trainer.evaluate(state.params, *test, hyperparameters(config), on_substrate=True)
         assert row["substrate_test_accuracy"] == float(alone["accuracy"])
+
+
+def test_robustness_study_smoke(tmp_path):
+    path = EXPERIMENTS_DIR / "substrate_robustness.py"
+    spec = importlib.util.spec_from_file_location("substrate_robustness", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    report = module.run(tmp_path, smoke=True, seeds=1)
+    saved = json.loads((tmp_path / "study.json").read_text())
+    points = module.scan_points(smoke=True)
+    assert len(saved["table"]) == len(points) and (tmp_path / "robustness.png").is_file()
+    for row in report["table"]:
+        for method in module.METHODS:
+            assert 0 <= row[method]["mean"] <= 1 and len(row[method]["runs"]) == 1
+    assert set(saved["activity_at_hardware_point"]) == set(module.METHODS)

@@ -90,9 +90,8 @@ class Config:
     select_best: bool = False
     # emulated analog substrate (`fsnn.substrate`; the defaults are the ideal model): per-neuron
     # fixed-pattern variation of tau_m, tau_s, theta; weight magnitude bits (None = float; 6 = ±63
-    # steps) with the
-    # largest step per layer (() = |init mean| + 3 init std); spike-time jitter; Euler step (None =
-    # exact) and horizon; dead-neuron fraction; the chip's seed; microseconds per tau_s
+    # steps) and the largest step per layer (() = |init mean| + 3 init std); spike-time jitter;
+    # Euler step (None = exact) and horizon; dead-neuron fraction; the chip's seed; µs per tau_s
     substrate_variation: float = 0.0
     substrate_weight_bits: int | None = None
     substrate_weight_max: tuple[float, ...] = ()
