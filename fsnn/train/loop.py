@@ -210,6 +210,12 @@ class Trainer:
         on_substrate = self.config.in_the_loop if on_substrate is None else on_substrate
         return self.jit_evaluate(params, x, y, self.hp if hp is None else hp, on_substrate)
 
+    def both_sides(self, params: dict, x: jax.Array, y: jax.Array, own: dict) -> tuple[dict, dict]:
+        """``(on the substrate, on the ideal model)``: ``own`` (the default `evaluate` of these
+        arguments) and the same weights evaluated on the other side."""
+        other = self.evaluate(params, x, y, on_substrate=not self.config.in_the_loop)
+        return (own, other) if self.config.in_the_loop else (other, own)
+
     def init_state(self, hp: dict | None = None, normals: list[jax.Array] | None = None) -> TrainState:
         """The initial state: kernels ``mean + std * normals`` with ``(mean, std) = hp["init"]``.
 
@@ -571,8 +577,7 @@ def train_and_evaluate(
         "device": jax.devices()[0].device_kind,
     }
     if not config.substrate.is_ideal:  # the same weights on the other side too
-        other = trainer.evaluate(reported.params, *data["test"], on_substrate=not config.in_the_loop)
-        on_chip, ideal = (test, other) if config.in_the_loop else (other, test)
+        on_chip, ideal = trainer.both_sides(reported.params, *data["test"], test)
         results.update(substrate_test_accuracy=float(on_chip["accuracy"]), ideal_test_accuracy=float(ideal["accuracy"]))
         results.update(
             {f"substrate_test_{k}": v for k, v in activity_summary(on_chip, config.substrate_tau_us).items()}
@@ -630,8 +635,7 @@ def evaluate_run(workdir: str | Path, *, data_dir: str | Path | None = None) -> 
         out[f"{split}_accuracy"] = float(res["accuracy"])
         out[f"{split}_loss"] = float(res["loss"])
         if not config.substrate.is_ideal:
-            other = trainer.evaluate(state.params, *data[split], on_substrate=not config.in_the_loop)
-            on_chip, ideal = (res, other) if config.in_the_loop else (other, res)
+            on_chip, ideal = trainer.both_sides(state.params, *data[split], res)
             out[f"substrate_{split}_accuracy"] = float(on_chip["accuracy"])
             out[f"ideal_{split}_accuracy"] = float(ideal["accuracy"])
     return out
