@@ -88,7 +88,7 @@ def _sweep(args) -> int:
         base = apply_overrides(base, {"seed": args.seed})
     configs = expand_grid(base, args.seeds, _parse_grid(args.set))  # all validated before compiling
     workdir = Path(args.workdir or f"runs/{base.name}-sweep")
-    rows, _ = sweep(configs, workdir, base=base, quiet=args.quiet, data_dir=args.data_dir)
+    rows, _ = sweep(configs, workdir, base=base, quiet=args.quiet, data_dir=args.data_dir, resume=args.resume)
     print(format_summary(summarize(rows)))
     seconds = sum({r["group"]: r["group_train_seconds"] for r in rows}.values())
     print(f"{len(rows)} runs in {seconds:.1f} s of training -> {workdir / 'sweep.json'}")
@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=V1,V2,...", help="values of a config key to sweep"
     )
     sw.add_argument("--epochs", type=int)
-    sw.add_argument("--workdir", help="where sweep.json and metrics.jsonl go")
+    sw.add_argument("--workdir", help="where configs.json, metrics.jsonl, checkpoints/ and sweep.json go")
+    sw.add_argument("--resume", action="store_true", help="continue the sweep in --workdir from its checkpoints")
     sw.add_argument("--smoke", action="store_true", help="use the experiment's small smoke config")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
     sw.add_argument("--data-dir", help=DATA_DIR_HELP)

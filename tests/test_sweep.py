@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fsnn.cli import main
-from fsnn.train.config import Config
+from fsnn.train.config import Config, ConfigError
 from fsnn.train.loop import Trainer, load_data
 from fsnn.train.sweep import expand_grid, group_key, summarize, sweep
 
@@ -40,6 +40,34 @@ def test_each_swept_run_equals_training_it_alone():
             np.testing.assert_allclose(mine, theirs, rtol=1e-9, atol=1e-12)
     accuracies = {round(r["test_accuracy"], 6) for r in rows}
     assert len(accuracies) > 4  # the runs really differ
+
+
+def test_sweep_resumes_exactly_and_is_never_overwritten(tmp_path):
+    jax.config.update("jax_enable_x64", True)
+    short = expand_grid(dataclasses.replace(BASE, epochs=1, select_best=True), 2, {"xi": [0.2, 0.4]})
+    long = [dataclasses.replace(c, epochs=3) for c in short]
+    straight_rows, straight = sweep(long, tmp_path / "a", quiet=True)
+    sweep(short, tmp_path / "b", quiet=True)  # "interrupted" after one epoch
+    with pytest.raises(ConfigError, match="--resume"):
+        sweep(long, tmp_path / "b", quiet=True)
+    with pytest.raises(ConfigError, match="different runs"):
+        sweep(long[:2], tmp_path / "b", quiet=True, resume=True)
+    for _ in range(2):  # continue from epoch 1; then once more, with nothing left to train
+        rows, resumed = sweep(long, tmp_path / "b", quiet=True, resume=True)
+        for a, b in zip(straight, resumed):
+            assert int(b.epoch) == 3
+            for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+                np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+        for a, b in zip(straight_rows, rows):
+            assert (a["test_accuracy"], a["best_epoch"], a["val_accuracy"]) == (
+                b["test_accuracy"],
+                b["best_epoch"],
+                b["val_accuracy"],
+            )
+    lines = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2, 3]
+    saved = json.loads((tmp_path / "b" / "configs.json").read_text())
+    assert [Config.from_dict(c) for c in saved] == long
 
 
 def test_sweep_writes_report_and_table(tmp_path, capsys):

@@ -18,12 +18,12 @@ def _manager(directory: Path) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(Path(directory).resolve(), options=options)
 
 
-def save(directory: Path, state) -> None:
-    """Save ``state`` under its epoch number (``state.epoch``); keeps the two latest."""
-    epoch = int(state.epoch)
+def save(directory: Path, state, step: int | None = None) -> None:
+    """Save ``state`` under ``step`` (default: its epoch, ``state.epoch``); keeps the two latest."""
+    step = int(state.epoch) if step is None else step
     with _manager(directory) as manager:
-        if epoch not in manager.all_steps():
-            manager.save(epoch, args=ocp.args.StandardSave(state))
+        if step not in manager.all_steps():
+            manager.save(step, args=ocp.args.StandardSave(state))
         manager.wait_until_finished()
 
 

@@ -18,13 +18,14 @@ import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from fsnn import xla
+from fsnn.train import checkpoint
 from fsnn.train.config import Config, ConfigError, apply_overrides
 from fsnn.train.loop import (
     DYNAMIC_KEYS,
@@ -92,31 +93,69 @@ def _swept_keys(configs: list[Config], base: Config) -> list[str]:
     return [k for k in values[0] if k != "seed" and any(v[k] != values[0][k] for v in values)]
 
 
-def _train_group(configs: list[Config], data_dir, quiet: bool, log) -> tuple[list[dict[str, Any]], TrainState, float]:
-    """Train ``configs`` (one group) together; per-run results, the stacked final state, seconds."""
+class _Programs(NamedTuple):
+    trainer: Trainer
+    train_epoch: Any  # vmapped over runs
+    evaluate: dict[bool, Any]  # on_substrate -> vmapped evaluation
+
+
+_PROGRAMS: dict[str, _Programs] = {}  # by `group_key`: later sweeps in this process reuse the compilations
+_MAX_PROGRAMS = 8
+
+
+def _programs(config: Config) -> _Programs:
+    """The (jitted, vmapped over runs) programs of ``config``'s group, built once per process."""
+    key = group_key(dataclasses.replace(config, epochs=1))  # the epoch count is a host loop, not code
+    if key not in _PROGRAMS:
+        while len(_PROGRAMS) >= _MAX_PROGRAMS:
+            _PROGRAMS.pop(next(iter(_PROGRAMS)))
+        trainer = Trainer(config)
+        evaluate = {
+            side: xla.jit(jax.vmap(functools.partial(trainer._evaluate, on_substrate=side), (0, None, None, 0)))
+            for side in (False, True)
+        }
+        _PROGRAMS[key] = _Programs(
+            trainer, xla.jit(jax.vmap(trainer._train_epoch, in_axes=(0, None, None, 0))), evaluate
+        )
+    return _PROGRAMS[key]
+
+
+def _train_group(
+    configs: list[Config], data_dir, quiet: bool, log, ckpt_dir: Path | None
+) -> tuple[list[dict[str, Any]], TrainState, float]:
+    """Train ``configs`` (one group) together; per-run results, the stacked final state, seconds.
+
+    With ``ckpt_dir`` the group's progress (stacked states, best-validation weights) is saved there
+    every ``checkpoint_every`` epochs and at the end, and training continues from the latest save.
+    """
     first = configs[0]
     if first.devices != 1:
         raise ConfigError("config key `devices` must be 1 in a sweep (runs are vmapped on one device).")
     _enable_dtype(first)
-    trainer = Trainer(first)
+    trainer, train_epoch, evaluators = _programs(first)
+    evaluate = evaluators[first.in_the_loop]
     hps = _stack([hyperparameters(c) for c in configs])
     normals = _stack([standard_normal_kernels(c) for c in configs])
     runs = jax.vmap(trainer.init_state)(hps, normals)
     data = load_data(first, data_dir)
     (x_train, y_train), (x_val, y_val) = data["train"], data["validation"]
-    train_epoch = xla.jit(jax.vmap(trainer._train_epoch, in_axes=(0, None, None, 0)))
-
-    def evaluator(on_substrate: bool):
-        return xla.jit(jax.vmap(functools.partial(trainer._evaluate, on_substrate=on_substrate), (0, None, None, 0)))
-
-    evaluate = evaluator(first.in_the_loop)
     n = len(configs)
-    best_val = np.full(n, -1.0)
-    best_params = runs.params
-    best_epoch = np.zeros(n, np.int64)
-    progress = _progress(first.epochs, 0, quiet)
+    progress_state = {
+        "runs": runs,
+        "best_params": runs.params,
+        "best_val": jnp.full((n,), -1.0, x_train.dtype),
+        "best_epoch": jnp.zeros((n,), jnp.int32),
+    }
+    if ckpt_dir is not None and checkpoint.latest_epoch(ckpt_dir) is not None:
+        progress_state = checkpoint.restore_latest(ckpt_dir, progress_state)
+    runs, best_params = progress_state["runs"], progress_state["best_params"]
+    best_val = np.asarray(progress_state["best_val"], np.float64)
+    best_epoch = np.asarray(progress_state["best_epoch"], np.int64)
+    start = int(runs.epoch[0])
+    progress = _progress(first.epochs, start, quiet)
     t0 = time.perf_counter()
-    for epoch in range(first.epochs):
+    val = None
+    for epoch in range(start, first.epochs):
         runs, summary = train_epoch(runs, x_train, y_train, hps)
         val = evaluate(runs.params, x_val, y_val, hps)
         val_accuracy = np.asarray(val["accuracy"], np.float64)
@@ -130,18 +169,29 @@ def _train_group(configs: list[Config], data_dir, quiet: bool, log) -> tuple[lis
         best_epoch = np.where(better, epoch + 1, best_epoch)
         best_val = np.maximum(best_val, val_accuracy)
         log({"epoch": epoch + 1, **_to_python(summary), "val_accuracy": val_accuracy.tolist()})
+        last = epoch + 1 == first.epochs
+        if ckpt_dir is not None and (last or (first.checkpoint_every and (epoch + 1) % first.checkpoint_every == 0)):
+            progress_state = {
+                "runs": runs,
+                "best_params": best_params,
+                "best_val": jnp.asarray(best_val, x_train.dtype),
+                "best_epoch": jnp.asarray(best_epoch, jnp.int32),
+            }
+            checkpoint.save(ckpt_dir, progress_state, step=epoch + 1)
         if progress is not None:
             progress.set_postfix(val=f"{val_accuracy.mean():.3f}")
             progress.update(1)
     seconds = time.perf_counter() - t0
     if progress is not None:
         progress.close()
+    if val is None:  # resumed after its last epoch
+        val = evaluate(runs.params, x_val, y_val, hps)
     any_best = any(c.select_best for c in configs)
     final = evaluate(runs.params, *data["test"], hps)
     chosen = evaluate(best_params, *data["test"], hps) if any_best else final
     other_final = other_chosen = None
     if any(not c.substrate.is_ideal for c in configs):  # the same weights on the other side too
-        evaluate_other = evaluator(not first.in_the_loop)
+        evaluate_other = evaluators[not first.in_the_loop]
         other_final = evaluate_other(runs.params, *data["test"], hps)
         other_chosen = evaluate_other(best_params, *data["test"], hps) if any_best else other_final
     rows = []
@@ -168,6 +218,35 @@ def _train_group(configs: list[Config], data_dir, quiet: bool, log) -> tuple[lis
     return rows, runs, seconds
 
 
+def _prepare_workdir(workdir: Path, configs: list[Config], resume: bool) -> None:
+    """Check ``workdir`` against ``configs`` (never overwrite; resume only the same sweep), write
+    ``configs.json`` and keep the metrics lines of the epochs each group's checkpoint holds."""
+    configs_file, metrics_file = workdir / "configs.json", workdir / "metrics.jsonl"
+    if (configs_file.exists() or (workdir / "sweep.json").exists()) and not resume:
+        raise ConfigError(
+            f"`workdir` {workdir} already holds a sweep; pass --resume to continue it or choose a new --workdir."
+        )
+    done: dict[int, int] = {}
+    if resume and configs_file.exists():
+        saved = [Config.from_dict(d) for d in json.loads(configs_file.read_text())]
+        # `epochs` may grow (continue training); keys added to Config since take their defaults
+        same = len(saved) == len(configs) and all(
+            dataclasses.replace(a, epochs=b.epochs) == b for a, b in zip(saved, configs)
+        )
+        if not same:
+            raise ConfigError(
+                f"--resume with different runs than the sweep in {workdir} ({len(saved)} saved, {len(configs)} "
+                "now, or other settings); use the same --seeds/--set values or a new --workdir."
+            )
+        for ckpt in (workdir / "checkpoints").glob("group-*"):
+            done[int(ckpt.name.split("-")[1])] = checkpoint.latest_epoch(ckpt) or 0
+    workdir.mkdir(parents=True, exist_ok=True)
+    configs_file.write_text(json.dumps([json.loads(c.to_json()) for c in configs], indent=1))
+    lines = metrics_file.read_text().splitlines() if metrics_file.exists() and done else []
+    kept = [line for line in lines if json.loads(line)["epoch"] <= done.get(json.loads(line)["group"], 0)]
+    metrics_file.write_text("".join(line + "\n" for line in kept))
+
+
 def sweep(
     configs: Sequence[Config],
     workdir: str | Path | None = None,
@@ -175,13 +254,17 @@ def sweep(
     base: Config | None = None,
     quiet: bool = False,
     data_dir: str | Path | None = None,
+    resume: bool = False,
 ) -> tuple[list[dict[str, Any]], list[TrainState]]:
     """Train every config, vmapping runs that share a compiled program; one result row per config.
 
-    With ``workdir``, writes ``sweep.json`` (base config, one row per run: the keys that differ from
-    ``base`` or between runs, test / validation accuracy, spikes per neuron, seconds of its group) and
-    ``metrics.jsonl`` (per epoch and group, every run's metrics as lists). Returns the rows and every
-    run's final `TrainState`, in the order of ``configs``.
+    With ``workdir``, writes ``configs.json`` (every run's config), ``metrics.jsonl`` (per epoch and
+    group, every run's metrics as lists), checkpoints per group under ``checkpoints/group-G`` (every
+    ``checkpoint_every`` epochs and at the end) and ``sweep.json`` (base config, one row per run:
+    the keys that differ from ``base`` or between runs, test / validation accuracy, spikes per
+    neuron, seconds of its group). ``resume=True`` continues an interrupted sweep of the same runs
+    (``epochs`` may grow) from its checkpoints and ends exactly as an uninterrupted one. Returns the
+    rows and every run's final `TrainState`, in the order of ``configs``.
     """
     configs = list(configs)
     if not configs:
@@ -192,21 +275,19 @@ def sweep(
     for i, config in enumerate(configs):
         groups.setdefault(group_key(config), []).append(i)
     workdir = Path(workdir) if workdir is not None else None
-    metrics_file = None
     if workdir is not None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        metrics_file = workdir / "metrics.jsonl"
-        metrics_file.write_text("")
+        _prepare_workdir(workdir, configs, resume)
     rows: list[dict[str, Any]] = [{} for _ in configs]
     states: list[Any] = [None] * len(configs)
     for g, indices in enumerate(groups.values()):
 
         def log(row, g=g):
-            if metrics_file is not None:
-                with metrics_file.open("a") as f:
+            if workdir is not None:
+                with (workdir / "metrics.jsonl").open("a") as f:
                     f.write(json.dumps({"group": g, **row}) + "\n")
 
-        group_rows, stacked, seconds = _train_group([configs[i] for i in indices], data_dir, quiet, log)
+        ckpt_dir = None if workdir is None else workdir / "checkpoints" / f"group-{g}"
+        group_rows, stacked, seconds = _train_group([configs[i] for i in indices], data_dir, quiet, log, ckpt_dir)
         for j, i in enumerate(indices):
             rows[i] = {
                 "run": i,
