@@ -71,26 +71,24 @@ def test_sweep_resumes_exactly_and_is_never_overwritten(tmp_path):
 
 
 def test_sweep_writes_report_and_table(tmp_path, capsys):
-    code = main(
-        [
-            "sweep",
-            "yinyang",
-            "--seeds",
-            "2",
-            "--set",
-            "xi=0.2,0.4",
-            "--set",
-            "train_size=300",
-            "--set",
-            "eval_size=100",
-            "--epochs",
-            "1",
-            "--workdir",
-            str(tmp_path / "sw"),
-            "--quiet",
-        ]
-    )
-    assert code == 0
+    argv = [
+        "sweep",
+        "yinyang",
+        "--seeds",
+        "2",
+        "--set",
+        "xi=0.2,0.4",
+        "--set",
+        "train_size=300",
+        "--set",
+        "eval_size=100",
+        "--epochs",
+        "1",
+        "--workdir",
+        str(tmp_path / "sw"),
+        "--quiet",
+    ]
+    assert main(argv) == 0
     report = json.loads((tmp_path / "sw" / "sweep.json").read_text())
     assert [r["config"]["seed"] for r in report["runs"]] == [0, 1, 0, 1]
     assert [r["config"]["xi"] for r in report["runs"]] == [0.2, 0.2, 0.4, 0.4]
@@ -99,6 +97,9 @@ def test_sweep_writes_report_and_table(tmp_path, capsys):
     assert len(json.loads(lines[0])["val_accuracy"]) == 4
     out = capsys.readouterr().out
     assert "xi=0.4" in out and "4 runs" in out
+    assert main(argv) == 2 and "--resume" in capsys.readouterr().err  # never overwritten
+    assert main([*argv, "--resume"]) == 0  # nothing left to train: the same table again
+    assert capsys.readouterr().out.splitlines()[:3] == out.splitlines()[:3]
 
 
 def test_select_best_in_a_sweep_reports_the_best_validation_epoch():

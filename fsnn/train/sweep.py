@@ -140,17 +140,16 @@ def _train_group(
     data = load_data(first, data_dir)
     (x_train, y_train), (x_val, y_val) = data["train"], data["validation"]
     n = len(configs)
-    progress_state = {
-        "runs": runs,
-        "best_params": runs.params,
-        "best_val": jnp.full((n,), -1.0, x_train.dtype),
-        "best_epoch": jnp.zeros((n,), jnp.int32),
-    }
+    best_val, best_epoch, best_params = np.full(n, -1.0), np.zeros(n, np.int64), runs.params
+
+    def snapshot() -> dict[str, Any]:  # what a checkpoint holds
+        best = {"best_val": jnp.asarray(best_val, x_train.dtype), "best_epoch": jnp.asarray(best_epoch, jnp.int32)}
+        return {"runs": runs, "best_params": best_params, **best}
+
     if ckpt_dir is not None and checkpoint.latest_epoch(ckpt_dir) is not None:
-        progress_state = checkpoint.restore_latest(ckpt_dir, progress_state)
-    runs, best_params = progress_state["runs"], progress_state["best_params"]
-    best_val = np.asarray(progress_state["best_val"], np.float64)
-    best_epoch = np.asarray(progress_state["best_epoch"], np.int64)
+        saved = checkpoint.restore_latest(ckpt_dir, snapshot())
+        runs, best_params = saved["runs"], saved["best_params"]
+        best_val, best_epoch = np.asarray(saved["best_val"], np.float64), np.asarray(saved["best_epoch"], np.int64)
     start = int(runs.epoch[0])
     progress = _progress(first.epochs, start, quiet)
     t0 = time.perf_counter()
@@ -171,13 +170,7 @@ def _train_group(
         log({"epoch": epoch + 1, **_to_python(summary), "val_accuracy": val_accuracy.tolist()})
         last = epoch + 1 == first.epochs
         if ckpt_dir is not None and (last or (first.checkpoint_every and (epoch + 1) % first.checkpoint_every == 0)):
-            progress_state = {
-                "runs": runs,
-                "best_params": best_params,
-                "best_val": jnp.asarray(best_val, x_train.dtype),
-                "best_epoch": jnp.asarray(best_epoch, jnp.int32),
-            }
-            checkpoint.save(ckpt_dir, progress_state, step=epoch + 1)
+            checkpoint.save(ckpt_dir, snapshot(), step=epoch + 1)
         if progress is not None:
             progress.set_postfix(val=f"{val_accuracy.mean():.3f}")
             progress.update(1)
@@ -231,12 +224,12 @@ def _prepare_workdir(workdir: Path, configs: list[Config], resume: bool) -> None
         saved = [Config.from_dict(d) for d in json.loads(configs_file.read_text())]
         # `epochs` may grow (continue training); keys added to Config since take their defaults
         same = len(saved) == len(configs) and all(
-            dataclasses.replace(a, epochs=b.epochs) == b for a, b in zip(saved, configs)
+            dataclasses.replace(a, epochs=b.epochs) == b and b.epochs >= a.epochs for a, b in zip(saved, configs)
         )
         if not same:
             raise ConfigError(
                 f"--resume with different runs than the sweep in {workdir} ({len(saved)} saved, {len(configs)} "
-                "now, or other settings); use the same --seeds/--set values or a new --workdir."
+                "now, other settings or fewer epochs); use the same --seeds/--set values or a new --workdir."
             )
         for ckpt in (workdir / "checkpoints").glob("group-*"):
             done[int(ckpt.name.split("-")[1])] = checkpoint.latest_epoch(ckpt) or 0
