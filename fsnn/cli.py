@@ -120,6 +120,7 @@ def _bench(args) -> int:
         large_batch=args.large_batch,
         steps=args.steps,
         repeats=args.repeats,
+        inference_batch=args.inference_batch,
     )
     print(format_table(report))
     if args.json:
@@ -172,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--networks", default="yinyang,mnist16,bss2,mnist", help="comma-separated")
     bench.add_argument("--dtypes", default="float32,float64", help="comma-separated")
     bench.add_argument("--large-batch", type=int, default=1024)
+    bench.add_argument("--inference-batch", type=int, help="batch of the inference column (default: --large-batch)")
     bench.add_argument("--steps", type=int, default=4, help="training steps per timed call")
     bench.add_argument("--repeats", type=int, default=5)
     bench.add_argument("--json", help="also write the report as JSON to this file")

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from fsnn.data.images import DataError, encode_images, load_images
+from fsnn.data.images import DataError, encode_images, load_images, read_originals
 
 MNIST_FILES = (
     "train-images-idx3-ubyte.gz",
@@ -47,6 +47,12 @@ def test_prepares_offline_without_tensorflow_and_keeps_the_original_order(mnist_
     np.testing.assert_array_equal(splits["validation"].labels, train_labels[50_000:])
     np.testing.assert_array_equal(splits["test"].images, test_images)
     assert splits["train"].labels.dtype == np.int32
+    direct = read_originals("mnist", shared_data_dir)  # the TFDS-free reader gives the same splits
+    assert list(direct) == list(splits)
+    for name, split in splits.items():
+        np.testing.assert_array_equal(direct[name].images, split.images)
+        np.testing.assert_array_equal(direct[name].labels, split.labels)
+        assert direct[name].labels.dtype == np.int32
 
 
 @pytest.fixture
@@ -76,6 +82,8 @@ def test_bad_files_give_one_clear_error_and_leave_nothing_prepared(tmp_path, mni
     assert {"missing": "missing", "truncated": "bytes", "corrupt": "sha256"}[damage] in message
     assert "--data-dir" in message
     assert not (prepared / "fsnn_mnist" / "1.0.0").exists()  # nothing a later run would trust
+    with pytest.raises(DataError, match="t10k-labels"):  # the TFDS-free reader checks the same way
+        read_originals("mnist", mnist_copy.parent)
 
 
 def test_fashion_files_are_checked_in_their_own_folder(tmp_path, mnist_copy, no_network):
@@ -88,6 +96,8 @@ def test_fashion_files_are_checked_in_their_own_folder(tmp_path, mnist_copy, no_
 def test_unknown_dataset_is_named():
     with pytest.raises(ValueError, match="cifar"):
         load_images("cifar")
+    with pytest.raises(ValueError, match="cifar"):
+        read_originals("cifar", ".")
 
 
 def test_encode_28_follows_the_paper_formula():

@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["DataError", "IMAGE_DATASETS", "load_images", "encode_images", "data_dir_from_env"]
+__all__ = ["DataError", "IMAGE_DATASETS", "load_images", "read_originals", "encode_images", "data_dir_from_env"]
 
 # name: (download URL base, {file: (size in bytes, sha256)}); the values TFDS records for its builders.
 _SOURCES = {
@@ -213,10 +213,33 @@ def load_images(
         images = np.stack([rows[i]["image"] for i in order])
         labels = np.asarray([rows[i]["label"] for i in order], np.int32)
         out[split] = Images(images, labels)
-    train = out.pop("train")
-    out["train"] = Images(train.images[:N_TRAIN], train.labels[:N_TRAIN])
-    out["validation"] = Images(train.images[N_TRAIN:], train.labels[N_TRAIN:])
-    return out
+    return _split(out["train"], out["test"])
+
+
+def read_originals(name: str, data_dir: Path | str) -> dict[str, Images]:
+    """The splits of `load_images` read straight from the checked IDX files in ``data_dir/name``.
+
+    No TFDS and nothing written: for machines without tensorflow-datasets (e.g. a lent GPU
+    machine running ``benchmarks/gpu_session.py``). `load_images` is the way in everywhere else.
+    """
+    if name not in _SOURCES:
+        raise ValueError(f"`name` must be one of {IMAGE_DATASETS}; got {name!r}.")
+    files = _locate_originals(name, Path(data_dir), Path(data_dir))
+    splits = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images = _read_idx(files[f"{prefix}-images-idx3-ubyte.gz"], "images")
+        labels = _read_idx(files[f"{prefix}-labels-idx1-ubyte.gz"], "labels").astype(np.int32)
+        splits[split] = Images(images, labels)
+    return _split(splits["train"], splits["test"])
+
+
+def _split(train: Images, test: Images) -> dict[str, Images]:
+    """Train (the first `N_TRAIN` training images), validation (the rest) and test."""
+    return {
+        "train": Images(train.images[:N_TRAIN], train.labels[:N_TRAIN]),
+        "validation": Images(train.images[N_TRAIN:], train.labels[N_TRAIN:]),
+        "test": test,
+    }
 
 
 def _no_gcs():
