@@ -226,6 +226,7 @@ def chip_layer(
     substrate: Substrate,
     *,
     solver: str,
+    min_slope: float | None = None,
 ) -> Float[Array, " n_out"]:
     """One layer on the substrate (one sample), differentiable as in-the-loop training is.
 
@@ -242,6 +243,7 @@ def chip_layer(
         key: jitter key of this presentation.
         substrate: the static settings (whether to quantise, Euler or exact).
         solver: the ideal model's solver (the chip uses ``root`` when its neurons vary).
+        min_slope: floor of the model's membrane slope at the observed times (`spike_times_at`).
     """
     if substrate.weight_bits is not None:
         written = quantize_weights(weights, values["levels"], values["weight_max"][layer])
@@ -253,7 +255,7 @@ def chip_layer(
     else:
         observed = layer_spike_times(*stopped, solver="root" if substrate.variation > 0 else solver)
     observed = jitter(key, jnp.where(alive, observed, jnp.inf), values["jitter"])
-    return spike_times_at(observed, input_times, weights, ideal, solver=solver)
+    return spike_times_at(observed, input_times, weights, ideal, solver=solver, min_slope=min_slope)
 
 
 def network_on_substrate(
@@ -263,12 +265,14 @@ def network_on_substrate(
     key: jax.Array,
     substrate: Substrate,
     neurons: Sequence[Mapping[str, ArrayLike]] | None = None,
+    *,
+    min_slope: float | None = None,
 ) -> list[Float[Array, " n"]]:
     """Spike times of every layer of ``model`` run on the substrate (one sample; see `chip_layer`).
 
     ``values`` are `substrate_values` (the chip is ``values["seed"]``), ``key`` the jitter key of this
     presentation, ``neurons`` optional values of each layer's fixed neuron parameters (as for
-    `SpikingNetwork`).
+    `SpikingNetwork`), ``min_slope`` the gradients' slope floor (`spike_times_at`).
     """
     dtype = model.layers[0].kernel[...].dtype
     pattern = draw_pattern(jax.random.key(values["seed"]), [layer.out_features for layer in model.layers], dtype)
@@ -277,6 +281,6 @@ def network_on_substrate(
     for i, layer in enumerate(model.layers):
         ideal = layer.neuron_with(None if neurons is None else neurons[i])
         args = (layer.with_bias(input_times), layer.kernel[...], ideal, pattern[i], values, i, keys[i], substrate)
-        input_times = chip_layer(*args, solver=layer.solver)
+        input_times = chip_layer(*args, solver=layer.solver, min_slope=min_slope)
         out.append(input_times)
     return out

@@ -60,6 +60,16 @@ def test_spike_times_at_other_times_uses_the_model_membrane_there():
     np.testing.assert_allclose(grad, expected, rtol=1e-10)
     silent = jax.grad(lambda w: spike_times_at(jnp.asarray([jnp.inf], F64), x, w, params)[0])(w)
     np.testing.assert_array_equal(silent, 0.0)
+    # a slope floor below the membrane's slope there changes nothing ...
+    low = jax.grad(lambda w: spike_times_at(observed, x, w, params, min_slope=1e-3)[0])(w)
+    np.testing.assert_allclose(low, expected, rtol=1e-10)
+    # ... and past the membrane's peak (slope <= 0) the floor is the denominator
+    late = jnp.asarray([t_model + 3.0], F64)
+    assert float(jax.grad(v, 0)(late[0], w)) < 0
+    floored = jax.grad(lambda w: spike_times_at(late, x, w, params, min_slope=0.5)[0])(w)
+    np.testing.assert_allclose(floored, -jax.grad(v, 1)(late[0], w) / 0.5, rtol=1e-10)  # (theta - E_l)/tau_s = 1
+    with pytest.raises(ValueError, match="min_slope"):
+        spike_times_at(observed, x, w, params, min_slope=0.0)
 
 
 def test_quantize_weights_rounds_clips_and_is_odd():
@@ -181,6 +191,7 @@ def test_activity_counts_spikes_and_synaptic_events():
         ("substrate_dead_fraction", 1.0, "[0, 1)"),
         ("substrate_dt", 1e-6, "at most 1e5 steps"),
         ("substrate_tau_us", 0.0, "> 0"),
+        ("in_the_loop_min_slope", -0.1, "> 0"),
     ],
 )
 def test_bad_substrate_keys_name_the_key(key, value, message):

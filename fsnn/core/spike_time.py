@@ -382,12 +382,13 @@ def _spike_times(solver: str, input_times, weights, params):
     return _forward(solver, input_times, weights, params)
 
 
-def _spike_time_tangent(solver, t_out, primals, tangents):
+def _spike_time_tangent(solver, t_out, primals, tangents, min_slope=None):
     """Implicit-function theorem at the spike: ``dT = -(dV - d theta) / V'(T)``.
 
     ``dV`` and the slope ``V'(T)`` share one ``[n_in, n_out]`` kernel pass; tangents that are
     symbolically zero (inputs or parameters not being differentiated) cost nothing. Reverse mode
-    stores ``kappa`` and ``w kappa'`` (two ``[n_in, n_out]`` arrays per sample).
+    stores ``kappa`` and ``w kappa'`` (two ``[n_in, n_out]`` arrays per sample). The slope is
+    floored at ``min_slope (theta - E_l) / tau_s`` (default ``min_slope = sqrt(eps)``).
     """
     input_times, weights, params = primals
     d_times, d_weights, d_params = tangents
@@ -420,8 +421,9 @@ def _spike_time_tangent(solver, t_out, primals, tangents):
         dv = dv + dv_params
         if "threshold" in moving:
             dv = dv - d_params.threshold
-    eps = jnp.finfo(t_out.dtype).eps
-    floor = jnp.sqrt(eps) * (params.threshold - params.e_leak) / params.tau_s
+    if min_slope is None:
+        min_slope = np.sqrt(np.finfo(t_out.dtype).eps)
+    floor = min_slope * (params.threshold - params.e_leak) / params.tau_s
     dt = -dv / jnp.maximum(slope, floor)
     return jnp.where(fired, dt, 0.0)
 
@@ -434,14 +436,14 @@ def _spike_times_jvp(solver, primals, tangents):
 _spike_times.defjvp(_spike_times_jvp, symbolic_zeros=True)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _observed_spike_times(solver: str, observed, input_times, weights, params):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _observed_spike_times(solver: str, min_slope: float | None, observed, input_times, weights, params):
     return observed
 
 
-def _observed_spike_times_jvp(solver, primals, tangents):
+def _observed_spike_times_jvp(solver, min_slope, primals, tangents):
     observed, *rest = primals
-    return observed, _spike_time_tangent(solver, observed, tuple(rest), tuple(tangents[1:]))
+    return observed, _spike_time_tangent(solver, observed, tuple(rest), tuple(tangents[1:]), min_slope)
 
 
 _observed_spike_times.defjvp(_observed_spike_times_jvp, symbolic_zeros=True)
@@ -490,6 +492,7 @@ def spike_times_at(
     params: LIFParams = LIFParams(),
     *,
     solver: Solver = "auto",
+    min_slope: float | None = None,
 ) -> Float[Array, " n_out"]:
     r"""Spike times ``observed`` elsewhere, with the layer's exact gradients evaluated at them.
 
@@ -500,6 +503,12 @@ def spike_times_at(
     BrainScaleS-2. Where ``observed`` equals the model's spike times, value and gradients equal
     `layer_spike_times`. ``inf`` (silent) entries get zero gradient; ``observed`` itself gets none.
 
+    ``min_slope`` floors the model's membrane slope ``V'`` at ``observed`` in the denominator, in
+    units of ``(theta - E_l) / tau_s`` (default ``sqrt(eps)``, as `layer_spike_times`). An observed
+    time the model's membrane does not explain (e.g. jittered past its peak, where ``V'`` is tiny or
+    negative) then moves with at most ``1 / min_slope`` times the membrane change instead of blowing
+    up; a static float.
+
     Example:
         >>> x, w = jnp.array([0.0, 0.5]), jnp.full((2, 3), 2.0)
         >>> bool(jnp.allclose(spike_times_at(layer_spike_times(x, w), x, w), layer_spike_times(x, w)))
@@ -509,9 +518,11 @@ def spike_times_at(
     observed = jax.lax.stop_gradient(jnp.asarray(observed, weights.dtype))
     if observed.shape != (weights.shape[1],):
         raise ValueError(f"`observed` must have shape [n_out] = [{weights.shape[1]}]; got {observed.shape}.")
+    if min_slope is not None and not min_slope > 0:
+        raise ValueError(f"`min_slope` must be > 0 or None; got {min_slope}.")
     if input_times.shape[0] == 0:
         return observed
-    return _observed_spike_times(solver, observed, input_times, weights, params)
+    return _observed_spike_times(solver, min_slope, observed, input_times, weights, params)
 
 
 def _checked(input_times, weights, params: LIFParams, solver: Solver):

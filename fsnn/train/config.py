@@ -104,6 +104,9 @@ class Config:
     # train with the forward pass on the substrate and the ideal model's gradients at its spike
     # times (else: train the ideal model and test it on both)
     in_the_loop: bool = False
+    # in the loop: floor of the model's membrane slope at the observed times, in (theta - E_l) / tau_s
+    # (None: sqrt(eps)); bounds the gradient of spikes the model's membrane does not explain
+    in_the_loop_min_slope: float | None = None
     # data parallelism: batches sharded over this many devices (0 = all visible), parameters replicated
     devices: int = 1
     # bookkeeping
@@ -219,6 +222,8 @@ class Config:
             )
         if not self.substrate_tau_us > 0:
             bad("substrate_tau_us", f"must be > 0; got {self.substrate_tau_us}.")
+        if self.in_the_loop_min_slope is not None and not self.in_the_loop_min_slope > 0:
+            bad("in_the_loop_min_slope", f"must be > 0 or None (sqrt(eps)); got {self.in_the_loop_min_slope}.")
         unknown = set(self.trainable_neuron) - set(LIFParams._fields)
         if unknown:
             bad("trainable_neuron", f"holds {sorted(unknown)}; allowed: {LIFParams._fields}.")

@@ -266,7 +266,15 @@ class Trainer:
         model = nnx.merge(self.graphdef, params)
         if key is None:
             return model(x, self._neurons(hp))
-        return network_on_substrate(model, x, hp["substrate"], key, self.substrate, self._neurons(hp))
+        return network_on_substrate(
+            model,
+            x,
+            hp["substrate"],
+            key,
+            self.substrate,
+            self._neurons(hp),
+            min_slope=self.config.in_the_loop_min_slope,
+        )
 
     def forward_batch(
         self, params: dict, x: jax.Array, hp: dict | None = None, keys: jax.Array | None = None
