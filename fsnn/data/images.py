@@ -166,18 +166,24 @@ def _builder_class(name: str):
     return type(f"Fsnn{camel}", (IdxImages,), {}, skip_registration=True)
 
 
+def _local_originals(name: str, data_dir: Path) -> dict[str, Path]:
+    """Checked paths of the four original files in ``data_dir/name``."""
+    files = _SOURCES[name][1]
+    folder = Path(data_dir) / name
+    fix = (
+        f"Put the original {name} files ({', '.join(files)}) in {folder}, or point --data-dir / "
+        f"FSNN_DATA_DIR at a folder that holds {name}/ with them (unset it to download)."
+    )
+    for file, (size, sha) in files.items():
+        _check_file(folder / file, size, sha, fix)
+    return {file: folder / file for file in files}
+
+
 def _locate_originals(name: str, data_dir: Path | None, prepared_dir: Path) -> dict[str, Path]:
     """Checked paths of the four original files, from ``data_dir/name`` or downloaded."""
-    base_url, files = _SOURCES[name]
     if data_dir is not None:
-        folder = Path(data_dir) / name
-        fix = (
-            f"Put the original {name} files ({', '.join(files)}) in {folder}, or point --data-dir / "
-            f"FSNN_DATA_DIR at a folder that holds {name}/ with them (unset it to download)."
-        )
-        for file, (size, sha) in files.items():
-            _check_file(folder / file, size, sha, fix)
-        return {file: folder / file for file in files}
+        return _local_originals(name, data_dir)
+    base_url, files = _SOURCES[name]
     import tensorflow_datasets as tfds
 
     folder = prepared_dir / "downloads" / name
@@ -224,7 +230,7 @@ def read_originals(name: str, data_dir: Path | str) -> dict[str, Images]:
     """
     if name not in _SOURCES:
         raise ValueError(f"`name` must be one of {IMAGE_DATASETS}; got {name!r}.")
-    files = _locate_originals(name, Path(data_dir), Path(data_dir))
+    files = _local_originals(name, Path(data_dir))
     splits = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
         images = _read_idx(files[f"{prefix}-images-idx3-ubyte.gz"], "images")
