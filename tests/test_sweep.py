@@ -10,7 +10,7 @@ import pytest
 from fsnn.cli import main
 from fsnn.train.config import Config, ConfigError
 from fsnn.train.loop import Trainer, load_data
-from fsnn.train.sweep import expand_grid, group_key, summarize, sweep
+from fsnn.train.sweep import _programs, expand_grid, group_key, summarize, sweep
 
 BASE = Config(train_size=300, eval_size=200, epochs=2, hidden=(12,), batch_size=50, dtype="float64", input_noise=0.1)
 
@@ -68,6 +68,7 @@ def test_sweep_resumes_exactly_and_is_never_overwritten(tmp_path):
     assert [line["epoch"] for line in lines] == [1, 2, 3]
     saved = json.loads((tmp_path / "b" / "configs.json").read_text())
     assert [Config.from_dict(c) for c in saved] == long
+    assert _programs(long[0]).train_epoch._cache_size() == 1  # four sweeps (1 and 3 epochs), one compilation
 
 
 def test_sweep_writes_report_and_table(tmp_path, capsys):

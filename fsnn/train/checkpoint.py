@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 __all__ = ["save", "restore_latest", "latest_epoch"]
@@ -33,10 +35,22 @@ def latest_epoch(directory: Path) -> int | None:
 
 
 def restore_latest(directory: Path, like: T) -> T:
-    """The latest checkpoint, with the structure, shapes and dtypes of ``like``."""
+    """The latest checkpoint, with the structure, shapes and dtypes of ``like``.
+
+    Leaves whose ``like`` is an uncommitted array come back uncommitted too (orbax commits them to
+    a device): a compiled program keys on commitment, and a resumed run should reuse the program
+    the fresh state compiled, not compile it again.
+    """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
     with _manager(directory) as manager:
         step = manager.latest_step()
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {directory}; start without --resume.")
-        return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+    def as_like(value, template):
+        if isinstance(template, jax.Array) and not template.committed and value.is_fully_addressable:
+            return jnp.asarray(np.asarray(value))
+        return value
+
+    return jax.tree.map(as_like, restored, like)
