@@ -5,7 +5,8 @@ Three ways to put a network on an imperfect (emulated, `fsnn.substrate`) substra
 - ``transfer``: train the ideal model, then run its weights on the substrate;
 - ``transfer_noise``: the same, trained with input-time noise (sigma = NOISE) for robustness;
 - ``in_the_loop``: train with the forward pass on the substrate and the ideal model's exact
-  gradients at the substrate's spike times (the paper's hardware-in-the-loop training).
+  gradients at the substrate's spike times (the paper's hardware-in-the-loop training), the
+  membrane slope in them floored as in `yinyang_substrate` (``in_the_loop_min_slope``).
 
 Two scans around a BrainScaleS-2-like point (5 % fixed-pattern variation of tau_m, tau_s and theta,
 6-bit weights up to |w| = 6, 0.01 tau_s jitter; `experiments/yinyang_substrate.py`): the variation
