@@ -214,7 +214,7 @@ HARD_CASES = {
     "huge weight": (np.array([0.0, 0.2]), np.array([1e6, 1.0])),
     "tiny weights": (np.array([0.0, 0.2]), np.array([1e-12, 1e-12])),
     "late inputs (1e3)": (np.array([1000.0, 1000.3, 1000.5]), np.array([1.5, 1.5, 1.5])),
-    "early and very late inputs": (np.array([0.0, 1000.0]), np.array([0.5, 3.0])),
+    "early and very late inputs": (np.array([0.0, 1000.0]), np.array([0.5, 6.0])),
     "nan input time": (np.array([0.1, np.nan, 0.3]), np.array([2.0, 5.0, 2.0])),
     "exactly one silent, rest cancel": (np.array([0.2, 0.2, np.inf]), np.array([3.0, -3.0, 9.0])),
 }
@@ -263,10 +263,47 @@ def test_hard_cases_never_nan(params, solver, dtype):
             assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(case_grads)), case
         if case == "huge weight":
             assert 0.0 < float(value) < 1e-5
-        if case == "late inputs (1e3)":
+        if case in ("late inputs (1e3)", "early and very late inputs"):  # shifted by 1000: same spike
             t_np, w_np = HARD_CASES[case]
             ref = simulate_neuron(t_np - 1000.0, w_np, params).spike_time + 1000.0
+            assert np.isfinite(ref), case
             assert abs(float(value) - ref) < (1e-9 if dtype == jnp.float64 else 2e-3)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+@pytest.mark.parametrize(("params", "solver"), [(PAPER, "lambertw"), (DOUBLE, "quadratic"), (ODD, "root")])
+def test_gradients_exact_for_times_far_apart(params, solver, dtype):
+    """Inputs and spikes 0 to 600 time constants apart in one layer: the backward pass factorises
+    e^{-(T - t)/tau} into per-input and per-neuron factors, which must neither overflow nor lose
+    the pairs. Reference: the implicit-function identity with autodiff of the public membrane."""
+    times = np.array([0.0, 0.3, 300.0, 300.2, 600.0, 600.4, np.inf])
+    block = np.array([[3.0, 2.0], [1.5, 2.5]])  # two neurons per group of two inputs
+    weights = np.zeros((7, 6))
+    for g in range(3):
+        weights[2 * g : 2 * g + 2, 2 * g : 2 * g + 2] = block
+    weights[6] = 5.0  # silent input
+    p = params.astype(dtype)
+    t, w = jnp.asarray(times, dtype), jnp.asarray(weights, dtype)
+    out, pullback = jax.vjp(lambda t, w: layer_spike_times(t, w, p, solver=solver), t, w)
+    assert bool(jnp.all(jnp.isfinite(out)))
+    assert float(out[0]) < 2 and float(out[-1]) > 600  # one layer spans 600 time constants
+    # Each neuron's weight gradient, then the times' gradient summed over neurons.
+    rows = jax.vmap(pullback)(jnp.eye(6, dtype=dtype))
+    p64 = params.astype(jnp.float64)
+
+    def identity(j):
+        grads = jax.grad(membrane_potential, argnums=(0, 1, 2))(
+            float(out[j]), jnp.asarray(times), jnp.asarray(weights[:, j]), p64
+        )
+        return -grads[1] / grads[0], -grads[2] / grads[0]
+
+    tol = {"rtol": 1e-10, "atol": 1e-14} if dtype == jnp.float64 else {"rtol": 2e-3, "atol": 1e-6}
+    for j in range(6):
+        d_times, d_weights = identity(j)
+        np.testing.assert_allclose(rows[1][j][:, j], d_weights, **tol)
+        np.testing.assert_allclose(rows[0][j], jnp.where(jnp.isfinite(times), d_times, 0.0), **tol)
+        assert float(jnp.abs(rows[1][j]).sum() - jnp.abs(rows[1][j][:, j]).sum()) == 0.0  # other columns
+    assert float(jnp.abs(rows[1]).max()) > 0.1
 
 
 def test_touching_threshold_is_defined():

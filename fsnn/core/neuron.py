@@ -73,13 +73,20 @@ def log1p_ratio(x: Float[ArrayLike, "*s"]) -> Float[Array, "*s"]:
 def psp_kernel(s: Float[ArrayLike, "*s"], tau_m: ArrayLike, tau_s: ArrayLike) -> Float[Array, "*s"]:
     r"""Causal PSP kernel :math:`\kappa(s)` (zero for ``s <= 0`` and for ``s = inf``).
 
-    ``V - E_l = (w / C) * kappa(t - t_i)``; stable for any ``tau_m / tau_s`` including 1.
+    ``V - E_l = (w / C) * kappa(t - t_i)``; stable for any ``tau_m / tau_s`` including 1 and any
+    ``s``: evaluated with the slower time constant in the exponential,
+    :math:`s\,e^{-s/\tau_{slow}}\,\operatorname{expm1}(-s|\delta|)/(-s|\delta|)`, both of whose
+    factors lie in ``(0, 1]`` (the form with ``e^{-s/tau_s}`` multiplies an underflow by an overflow
+    once ``s |delta|`` passes ≈ 88 in float32). Exact derivatives in both time constants, also at
+    ``tau_m = tau_s``.
     """
     s = jnp.asarray(s)
     live = (s > 0) & jnp.isfinite(s)
     ss = jnp.where(live, s, 0.0)
     delta = 1.0 / tau_s - 1.0 / tau_m
-    val = ss * jnp.exp(-ss / tau_s) * expm1_ratio(ss * delta)
+    membrane_slower = delta >= 0
+    tau_slow = jnp.where(membrane_slower, tau_m, tau_s)
+    val = ss * jnp.exp(-ss / tau_slow) * expm1_ratio(ss * jnp.where(membrane_slower, -delta, delta))
     return jnp.where(live, val, 0.0)
 
 

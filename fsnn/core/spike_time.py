@@ -46,7 +46,7 @@ from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, ArrayLike, Float
 
 from fsnn.core.lambertw import lambertw
-from fsnn.core.neuron import LIFParams, expm1_ratio, log1p_ratio, psp_kernel
+from fsnn.core.neuron import LIFParams, log1p_ratio, psp_kernel
 
 __all__ = [
     "SOLVERS",
@@ -182,7 +182,7 @@ def _peak(solver, big_b, big_d, span, tau_m, tau_s):
 def _decays(gap, tau_m, tau_s):
     """Per-input factors of the prefix recurrence ``B' = a B + w``, ``D' = b D + c B``."""
     alpha = jnp.exp(-gap / tau_s)
-    return alpha, jnp.exp(-gap / tau_m), gap * alpha * expm1_ratio(gap * (1.0 / tau_s - 1.0 / tau_m))
+    return alpha, jnp.exp(-gap / tau_m), psp_kernel(gap, tau_m, tau_s)
 
 
 def _gaps(ts):
@@ -356,24 +356,73 @@ def layer_membrane(
     return params.e_leak + jnp.sum(psp, axis=0) / params.capacitance
 
 
-def _kernels(solver: str, s, tau_m, tau_s):
-    """``kappa(s)`` and ``kappa'(s) = e^{-s/tau_s} - kappa/tau_m`` (zero unless ``0 < s < inf``).
+def _unfused(x: Array) -> Array:
+    """``x`` unchanged, computed once: XLA does not fuse it into its consumers.
 
-    One ``exp`` per entry for the closed-form solvers, whose ratio ``tau_m / tau_s`` is fixed; the
-    stable form of `psp_kernel` for ``root`` (any ratio).
+    XLA counts the multiplies and selects of a closed-form solve as cheap and fuses them into every
+    ``[n_in, n_out]`` consumer, redoing the solve per input (784 times per neuron for MNIST;
+    measured ≈ 0.1 s per 784–350 training step on CPU). A reduction cannot be fused into a
+    consumer; this one (``max(x, -inf) = x``) is exact and the simplifier keeps it.
     """
+    return jnp.max(jnp.stack([x, jnp.full_like(x, -jnp.inf)]), axis=0)
+
+
+def _split_exp(x: Array) -> tuple[Array, Array]:
+    """``exp(x) = m 2^n`` with ``m`` in ``[2^-1/2, 2^1/2]`` and integer ``n``; never overflows.
+
+    ``|x|`` is clipped at 1e6 (times a million time constants apart, where the factors are 0 or
+    1 to any precision anyway).
+    """
+    x = jnp.clip(x, -1e6, 1e6)
+    n = jnp.round(x * np.log2(np.e).astype(x.dtype))
+    return jnp.exp(x - n * np.log(2.0).astype(x.dtype)), n.astype(jnp.int64 if x.dtype == jnp.float64 else jnp.int32)
+
+
+def _pair_exp(x_out: Float[Array, " n_out"], x_in: Float[Array, " n_in"]) -> Float[Array, "n_in n_out"]:
+    """``exp(x_out[j] + x_in[i])`` from one ``exp`` per input and per neuron, not per pair.
+
+    The exponents are split into mantissa and power of two (`_split_exp`) so that neither factor
+    overflows, whatever the times; per pair only a product and an exponent add remain. Results
+    below the smallest normal float come out as that float's order of magnitude (≤ 1e-37), where
+    the direct ``exp`` would give 0 or a subnormal.
+    """
+    m_out, n_out = _split_exp(x_out)
+    m_in, n_in = _split_exp(x_in)
+    info = jnp.finfo(x_out.dtype)
+    mantissa_bits = info.nmant
+    bias = info.maxexp - 1
+    n = jnp.clip(n_in[:, None] + n_out[None, :], 1 - bias, bias)
+    two_n = jax.lax.bitcast_convert_type((n + bias) << mantissa_bits, x_out.dtype)
+    return m_in[:, None] * m_out[None, :] * two_n
+
+
+def _kernels(solver: str, t_out, input_times, tau_m, tau_s):
+    """``kappa(s)`` and ``kappa'(s) = e^{-s/tau_s} - kappa/tau_m`` for ``s = t_out[j] - input_times[i]``.
+
+    Zero unless ``0 < s < inf``. For the closed-form solvers with one time constant for the layer,
+    the exponential factorises, ``e^{-s/tau} = e^{-t_out/tau} e^{input/tau}``: one ``exp`` per
+    input and per neuron (`_pair_exp`), not per pair. Per-neuron time constants and the ``root``
+    solver (any ratio) use the stable form of `psp_kernel`, one ``exp`` per pair.
+    """
+    s = t_out[None, :] - input_times[:, None]
     live = (s > 0) & jnp.isfinite(s)
     s = jnp.where(live, s, 0.0)
-    if solver == "lambertw":
+    tau = tau_s if solver == "lambertw" else 2.0 * tau_s
+    if solver == "root":
         e_s = jnp.exp(-s / tau_s)
-        kappa, tau_m = s * e_s, tau_s
-    elif solver == "quadratic":  # kappa = 2 tau_s e_m (1 - e_m), e_m = e^{-s / 2 tau_s}
-        e_m = jnp.exp(-s / (2.0 * tau_s))
-        e_s, tau_m = e_m * e_m, 2.0 * tau_s
-        kappa = tau_m * (e_m - e_s)
+        kappa = psp_kernel(s, tau_m, tau_s)
     else:
-        e_s = jnp.exp(-s / tau_s)
-        kappa = s * e_s * expm1_ratio(s * (1.0 / tau_s - 1.0 / tau_m))
+        if jnp.ndim(tau) == 0:
+            finite_in = jnp.where(jnp.isfinite(input_times), input_times, 0.0)
+            e = jnp.where(live, _pair_exp(-t_out / tau, finite_in / tau), 0.0)
+        else:
+            e = jnp.exp(-s / tau)
+        if solver == "lambertw":
+            e_s, tau_m = e, tau_s
+            kappa = s * e_s
+        else:  # quadratic: kappa = tau_m e_m (1 - e_m), e_m = e^{-s / tau_m}, e_s = e_m^2
+            e_s, tau_m = e * e, tau
+            kappa = tau_m * (e - e_s)
     return jnp.where(live, kappa, 0.0), jnp.where(live, e_s - kappa / tau_m, 0.0)
 
 
@@ -385,30 +434,41 @@ def _spike_times(solver: str, input_times, weights, params):
 def _spike_time_tangent(solver, t_out, primals, tangents, min_slope=None):
     """Implicit-function theorem at the spike: ``dT = -(dV - d theta) / V'(T)``.
 
-    ``dV`` and the slope ``V'(T)`` share one ``[n_in, n_out]`` kernel pass; tangents that are
-    symbolically zero (inputs or parameters not being differentiated) cost nothing. Reverse mode
-    stores ``kappa`` and ``w kappa'`` (two ``[n_in, n_out]`` arrays per sample). The slope is
-    floored at ``min_slope (theta - E_l) / tau_s`` (default ``min_slope = sqrt(eps)``).
+    ``dV`` and the slope ``V'(T)`` are sums over ``[n_in, n_out]`` kernel entries; tangents that
+    are symbolically zero (inputs or parameters not being differentiated) cost nothing. The
+    kernels under the tangents are recomputed in reverse mode (`jax.checkpoint`; cheap, see
+    `_kernels`), so the backward pass stores only the times, weights and slopes: O(n_in + n_out)
+    per sample beyond the weights. The slope is floored at ``min_slope (theta - E_l) / tau_s``
+    (default ``min_slope = sqrt(eps)``).
     """
     input_times, weights, params = primals
     d_times, d_weights, d_params = tangents
     fired = jnp.isfinite(t_out)
-    t_safe = jnp.where(fired, t_out, 0.0)
+    t_safe = _unfused(jnp.where(fired, t_out, 0.0))
     tau_m, tau_s = _row(params.tau_m), _row(params.tau_s)
-    kappa, dkappa = _kernels(solver, t_safe[None, :] - input_times[:, None], tau_m, tau_s)
-    w_dkappa = weights * dkappa
+    kernels = functools.partial(_kernels, solver)
     capacitance = params.capacitance
-    slope = jnp.sum(w_dkappa, axis=0) / capacitance
+    slope = jnp.sum(weights * kernels(t_safe, input_times, tau_m, tau_s)[1], axis=0) / capacitance
 
     def nonzero(t):
         return not isinstance(t, SymbolicZero)
 
+    @jax.checkpoint
+    def dv_weights(d_weights, t_safe, input_times, tau_m, tau_s):
+        return jnp.sum(d_weights * kernels(t_safe, input_times, tau_m, tau_s)[0], axis=0)
+
+    @jax.checkpoint
+    def dv_times(d_times, t_safe, input_times, weights, tau_m, tau_s):
+        w_dkappa = weights * kernels(t_safe, input_times, tau_m, tau_s)[1]
+        return jnp.sum(d_times[:, None] * w_dkappa, axis=0)
+
     dv = jnp.zeros_like(t_out)
     if nonzero(d_weights):
-        dv = dv + jnp.sum(d_weights * kappa, axis=0) / capacitance
+        dv = dv + dv_weights(d_weights, t_safe, input_times, tau_m, tau_s) / capacitance
     if nonzero(d_times):
         finite = jnp.isfinite(input_times)  # a silent input does not move
-        dv = dv - jnp.sum(jnp.where(finite, d_times, 0.0)[:, None] * w_dkappa, axis=0) / capacitance
+        d_times = jnp.where(finite, d_times, 0.0)
+        dv = dv - dv_times(d_times, t_safe, input_times, weights, tau_m, tau_s) / capacitance
     moving = [k for k, t in zip(LIFParams._fields, d_params) if nonzero(t)]
     if moving:
 
