@@ -287,7 +287,7 @@ def test_gradients_exact_for_times_far_apart(params, solver, dtype):
     out, pullback = jax.vjp(lambda t, w: layer_spike_times(t, w, p, solver=solver), t, w)
     assert bool(jnp.all(jnp.isfinite(out)))
     assert float(out[0]) < 2 and float(out[-1]) > 600  # one layer spans 600 time constants
-    # Each neuron's weight gradient, then the times' gradient summed over neurons.
+    # Row j: the gradient of neuron j's spike time with respect to the input times and weights.
     rows = jax.vmap(pullback)(jnp.eye(6, dtype=dtype))
     p64 = params.astype(jnp.float64)
 

@@ -409,11 +409,11 @@ def _kernels(solver: str, t_out, input_times, tau_m, tau_s):
     s = t_out[None, :] - input_times[:, None]
     live = (s > 0) & jnp.isfinite(s)
     s = jnp.where(live, s, 0.0)
-    tau = tau_s if solver == "lambertw" else 2.0 * tau_s
     if solver == "root":
         e_s = jnp.exp(-s / tau_s)
         kappa = psp_kernel(s, tau_m, tau_s)
     else:
+        tau = tau_s if solver == "lambertw" else 2.0 * tau_s  # that of the kernel's exponential
         if jnp.ndim(tau) == 0:
             finite_in = jnp.where(jnp.isfinite(input_times), input_times, 0.0)
             e = jnp.where(live, _pair_exp(-t_out / tau, finite_in / tau), 0.0)
