@@ -371,8 +371,8 @@ def _unfused(x: Array) -> Array:
 def _split_exp(x: Array) -> tuple[Array, Array]:
     """``exp(x) = m 2^n`` with ``m`` in ``[2^-1/2, 2^1/2]`` and integer ``n``; never overflows.
 
-    ``|x|`` is clipped at 1e6 (times a million time constants apart, where the factors are 0 or
-    1 to any precision anyway).
+    ``|x|`` is clipped at 1e6 so that ``n`` fits the integer type (a float32 time that large
+    resolves only ≈ 0.06 time constants anyway).
     """
     x = jnp.clip(x, -1e6, 1e6)
     n = jnp.round(x * np.log2(np.e).astype(x.dtype))
@@ -416,6 +416,7 @@ def _kernels(solver: str, t_out, input_times, tau_m, tau_s):
         tau = tau_s if solver == "lambertw" else 2.0 * tau_s  # that of the kernel's exponential
         if jnp.ndim(tau) == 0:
             finite_in = jnp.where(jnp.isfinite(input_times), input_times, 0.0)
+            # Masked here, not only at the end: for non-causal pairs the product may overflow.
             e = jnp.where(live, _pair_exp(-t_out / tau, finite_in / tau), 0.0)
         else:
             e = jnp.exp(-s / tau)
