@@ -77,6 +77,20 @@ def _parse_grid(items: list[str]) -> dict[str, list]:
     return grid
 
 
+def _show_cpu_cores_as_devices(n: int) -> None:
+    """Let JAX's CPU backend show ``n`` devices (one per core), if it has not started yet.
+
+    Only the CPU backend reads this; on a GPU machine the GPUs stay the devices. Once JAX has run
+    anything (a notebook, a test) the count is fixed and the visible-device check explains.
+    """
+    import jax
+
+    try:
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:
+        pass
+
+
 def _sweep(args) -> int:
     from fsnn.train.config import apply_overrides, load_config
     from fsnn.train.sweep import expand_grid, format_summary, summarize, sweep
@@ -88,7 +102,11 @@ def _sweep(args) -> int:
         base = apply_overrides(base, {"seed": args.seed})
     configs = expand_grid(base, args.seeds, _parse_grid(args.set))  # all validated before compiling
     workdir = Path(args.workdir or f"runs/{base.name}-sweep")
-    rows, _ = sweep(configs, workdir, base=base, quiet=args.quiet, data_dir=args.data_dir, resume=args.resume)
+    if args.devices > 1:
+        _show_cpu_cores_as_devices(args.devices)
+    rows, _ = sweep(
+        configs, workdir, base=base, quiet=args.quiet, data_dir=args.data_dir, resume=args.resume, devices=args.devices
+    )
     print(format_summary(summarize(rows)))
     seconds = sum({r["group"]: r["group_train_seconds"] for r in rows}.values())
     print(f"{len(rows)} runs in {seconds:.1f} s of training -> {workdir / 'sweep.json'}")
@@ -160,6 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--smoke", action="store_true", help="use the experiment's small smoke config")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
     sw.add_argument("--data-dir", help=DATA_DIR_HELP)
+    sw.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="spread the runs over this many devices (0 = all visible; on a CPU, N > 1 shows N cores as devices)",
+    )
     sw.set_defaults(func=_sweep)
     ev = sub.add_parser("eval", help="re-evaluate a saved run on its validation and test sets")
     ev.add_argument("workdir")

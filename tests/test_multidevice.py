@@ -43,3 +43,51 @@ def test_two_devices_match_one():
     for a, b in zip(one["kernels"], two["kernels"]):
         diff = max(abs(u - v) for ra, rb in zip(a, b) for u, v in zip(ra, rb))
         assert diff < 1e-9, diff  # float64; only the order of the cross-device sums differs
+
+
+SWEEP_SCRIPT = r"""
+import dataclasses, json, sys, tempfile
+from pathlib import Path
+import jax
+import numpy as np
+jax.config.update("jax_enable_x64", True)
+from fsnn.train.config import Config, ConfigError
+from fsnn.train.sweep import _runs_mesh, _spread, expand_grid, sweep
+
+base = Config(train_size=300, eval_size=200, epochs=2, hidden=(12,), batch_size=50, dtype="float64",
+              input_noise=0.1, select_best=True)
+configs = expand_grid(base, 3, {"learning_rate": [0.005]})  # three runs: two devices pad a fourth
+spread = _spread(np.arange(3.0), _runs_mesh(2), 3)
+out = {"spread": spread.tolist(), "spread_shards": sorted(s.data.shape[0] for s in spread.addressable_shards)}
+one_rows, one = sweep(configs, quiet=True, devices=1)
+two_rows, two = sweep(configs, quiet=True, devices=2)
+with tempfile.TemporaryDirectory() as tmp:  # interrupted on two devices, resumed on one
+    sweep([dataclasses.replace(c, epochs=1) for c in configs], Path(tmp), quiet=True, devices=2)
+    resumed_rows, resumed = sweep(configs, Path(tmp), quiet=True, devices=1, resume=True)
+def diff(a, b):
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for s, t in zip(a, b)
+               for x, y in zip(jax.tree.leaves(s.params), jax.tree.leaves(t.params)))
+keys = ("test_accuracy", "best_epoch", "val_accuracy", "spikes_per_neuron")
+out["two_vs_one"] = diff(one, two)
+out["resumed_vs_one"] = diff(one, resumed)
+out["rows"] = [[[r[k] for k in keys] for r in rows] for rows in (one_rows, two_rows, resumed_rows)]
+try:
+    sweep(configs, quiet=True, devices=3)
+except ConfigError as err:
+    out["error"] = str(err)
+json.dump(out, sys.stdout)
+"""
+
+
+def test_sweep_spread_over_two_devices_matches_one_and_resumes_on_one():
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, "-c", SWEEP_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout)
+    assert out["spread"] == [0.0, 1.0, 2.0, 2.0] and out["spread_shards"] == [2, 2]  # padded, one half per device
+    one, two, resumed = out["rows"]
+    assert len(one) == 3 and len({tuple(map(str, r)) for r in one}) == 3  # three different runs
+    assert one == two == resumed
+    assert out["two_vs_one"] < 1e-12 and out["resumed_vs_one"] < 1e-12
+    assert "--devices must be 0 (all) or 1..2" in out["error"]

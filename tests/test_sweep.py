@@ -120,6 +120,7 @@ def test_select_best_in_a_sweep_reports_the_best_validation_epoch():
         (["--set", "learning_rate=0.1,-1"], "learning_rate"),
         (["--set", "no_such_key=1,2"], "unknown config key"),
         (["--seeds", "0"], "--seeds"),
+        (["--devices", "-1"], "--devices must be 0 (all) or 1.."),
     ],
 )
 def test_sweep_errors_name_the_problem(argv, message, capsys):

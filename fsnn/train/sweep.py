@@ -5,7 +5,9 @@ initialisation, remedy settings, threshold, ...) share a compiled program: their
 optimizer states and `hyperparameters` are stacked along a leading ``run`` axis. Runs that differ in
 anything that changes shapes or code (sizes, batch size, dataset, solver, epochs, ...) are grouped,
 one compiled program per group. Each run ends with the weights it would have had when trained alone
-(`tests/test_sweep.py`).
+(`tests/test_sweep.py`). With ``devices`` > 1 the stacked runs are spread over that many devices
+(a ``runs`` mesh axis; each run stays whole on one device, so nothing is communicated): several
+GPUs, or the cores of a CPU shown to JAX as devices (`fsnn sweep --devices N`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fsnn import xla
 from fsnn.train import checkpoint
@@ -87,6 +90,37 @@ def _unstack(tree, i: int) -> Any:
     return jax.tree.map(lambda a: a[i], tree)
 
 
+def _runs_mesh(devices: int) -> Mesh | None:
+    """A one-axis (``runs``) mesh over the first ``devices`` devices (0 = all), ``None`` for one."""
+    available = jax.devices()
+    n = devices or len(available)
+    if devices < 0 or n > len(available):
+        cpu = jax.default_backend() == "cpu"
+        hint = " (on a CPU, run `fsnn sweep --devices N` in a fresh process: N cores become N devices)" if cpu else ""
+        raise ConfigError(
+            f"--devices must be 0 (all) or 1..{len(available)}, the visible devices{hint}; got {devices}."
+        )
+    if n == 1:
+        return None
+    return jax.make_mesh((n,), ("runs",), devices=available[:n], axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def _spread(tree, mesh: Mesh | None, n_runs: int) -> Any:
+    """Pad the run axis to a multiple of the mesh size (repeating the last run) and shard it."""
+    if mesh is None:
+        return tree
+    pad = -n_runs % mesh.size
+    sharding = NamedSharding(mesh, PartitionSpec("runs"))
+    return jax.device_put(
+        jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) if pad else a, tree), sharding
+    )
+
+
+def _first(tree, n_runs: int) -> Any:
+    """The real runs of a padded stack."""
+    return jax.tree.map(lambda a: a[:n_runs], tree)
+
+
 def _swept_keys(configs: list[Config], base: Config) -> list[str]:
     """The keys (seed excluded) that differ between the configs or from ``base``."""
     values = [dataclasses.asdict(c) for c in [base, *configs]]
@@ -121,12 +155,14 @@ def _programs(config: Config) -> _Programs:
 
 
 def _train_group(
-    configs: list[Config], data_dir, quiet: bool, log, ckpt_dir: Path | None
+    configs: list[Config], data_dir, quiet: bool, log, ckpt_dir: Path | None, mesh: Mesh | None = None
 ) -> tuple[list[dict[str, Any]], TrainState, float]:
     """Train ``configs`` (one group) together; per-run results, the stacked final state, seconds.
 
     With ``ckpt_dir`` the group's progress (stacked states, best-validation weights) is saved there
     every ``checkpoint_every`` epochs and at the end, and training continues from the latest save.
+    With ``mesh`` the runs are sharded over its devices (`_spread`); checkpoints hold the real runs
+    only, so a sweep resumes on any number of devices.
     """
     first = configs[0]
     if first.devices != 1:
@@ -134,22 +170,25 @@ def _train_group(
     _enable_dtype(first)
     trainer, train_epoch, evaluators = _programs(first)
     evaluate = evaluators[first.in_the_loop]
+    n = len(configs)
     hps = _stack([hyperparameters(c) for c in configs])
     normals = _stack([standard_normal_kernels(c) for c in configs])
     runs = jax.vmap(trainer.init_state)(hps, normals)
     data = load_data(first, data_dir)
+    if mesh is not None:
+        data = jax.device_put(data, NamedSharding(mesh, PartitionSpec()))
     (x_train, y_train), (x_val, y_val) = data["train"], data["validation"]
-    n = len(configs)
     best_val, best_epoch, best_params = np.full(n, -1.0), np.zeros(n, np.int64), runs.params
 
     def snapshot() -> dict[str, Any]:  # what a checkpoint holds
         best = {"best_val": jnp.asarray(best_val, x_train.dtype), "best_epoch": jnp.asarray(best_epoch, jnp.int32)}
-        return {"runs": runs, "best_params": best_params, **best}
+        return {"runs": _first(runs, n), "best_params": _first(best_params, n), **best}
 
     if ckpt_dir is not None and checkpoint.latest_epoch(ckpt_dir) is not None:
         saved = checkpoint.restore_latest(ckpt_dir, snapshot())
         runs, best_params = saved["runs"], saved["best_params"]
         best_val, best_epoch = np.asarray(saved["best_val"], np.float64), np.asarray(saved["best_epoch"], np.int64)
+    hps, runs, best_params = _spread((hps, runs, best_params), mesh, n)
     start = int(runs.epoch[0])
     progress = _progress(first.epochs, start, quiet)
     t0 = time.perf_counter()
@@ -157,17 +196,18 @@ def _train_group(
     for epoch in range(start, first.epochs):
         runs, summary = train_epoch(runs, x_train, y_train, hps)
         val = evaluate(runs.params, x_val, y_val, hps)
-        val_accuracy = np.asarray(val["accuracy"], np.float64)
+        val_accuracy = np.asarray(val["accuracy"], np.float64)[:n]
         better = val_accuracy > best_val  # ties keep the earlier epoch, as in `train_and_evaluate`
         if better.any():
+            padded = np.pad(better, (0, len(val["accuracy"]) - n))  # padding runs (`_spread`): never kept
 
-            def keep_better(new, old, better=jnp.asarray(better)):
+            def keep_better(new, old, better=jnp.asarray(padded)):
                 return jnp.where(better.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
 
             best_params = jax.tree.map(keep_better, runs.params, best_params)
         best_epoch = np.where(better, epoch + 1, best_epoch)
         best_val = np.maximum(best_val, val_accuracy)
-        log({"epoch": epoch + 1, **_to_python(summary), "val_accuracy": val_accuracy.tolist()})
+        log({"epoch": epoch + 1, **_to_python(_first(summary, n)), "val_accuracy": val_accuracy.tolist()})
         last = epoch + 1 == first.epochs
         if ckpt_dir is not None and (last or (first.checkpoint_every and (epoch + 1) % first.checkpoint_every == 0)):
             checkpoint.save(ckpt_dir, snapshot(), step=epoch + 1)
@@ -208,7 +248,7 @@ def _train_group(
             row["substrate_test_accuracy"] = float(on_chip["accuracy"][i])
             row["ideal_test_accuracy"] = float(ideal["accuracy"][i])
         rows.append(row)
-    return rows, runs, seconds
+    return rows, _first(runs, n), seconds
 
 
 def _prepare_workdir(workdir: Path, configs: list[Config], resume: bool) -> None:
@@ -248,6 +288,7 @@ def sweep(
     quiet: bool = False,
     data_dir: str | Path | None = None,
     resume: bool = False,
+    devices: int = 1,
 ) -> tuple[list[dict[str, Any]], list[TrainState]]:
     """Train every config, vmapping runs that share a compiled program; one result row per config.
 
@@ -256,12 +297,14 @@ def sweep(
     ``checkpoint_every`` epochs and at the end) and ``sweep.json`` (base config, one row per run:
     the keys that differ from ``base`` or between runs, test / validation accuracy, spikes per
     neuron, seconds of its group). ``resume=True`` continues an interrupted sweep of the same runs
-    (``epochs`` may grow) from its checkpoints and ends exactly as an uninterrupted one. Returns the
+    (``epochs`` may grow) from its checkpoints and ends exactly as an uninterrupted one.
+    ``devices`` (0 = all visible) spreads each group's runs over that many devices. Returns the
     rows and every run's final `TrainState`, in the order of ``configs``.
     """
     configs = list(configs)
     if not configs:
         raise ConfigError("nothing to sweep: no configs.")
+    mesh = _runs_mesh(devices)
     base = base or configs[0]
     keys = _swept_keys(configs, base)
     groups: dict[str, list[int]] = {}
@@ -280,7 +323,7 @@ def sweep(
                     f.write(json.dumps({"group": g, **row}) + "\n")
 
         ckpt_dir = None if workdir is None else workdir / "checkpoints" / f"group-{g}"
-        group_rows, stacked, seconds = _train_group([configs[i] for i in indices], data_dir, quiet, log, ckpt_dir)
+        group_rows, stacked, seconds = _train_group([configs[i] for i in indices], data_dir, quiet, log, ckpt_dir, mesh)
         for j, i in enumerate(indices):
             rows[i] = {
                 "run": i,
