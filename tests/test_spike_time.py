@@ -377,25 +377,34 @@ def test_jit_vmap_grad_compose():
 
 @pytest.mark.parametrize(("params", "solver"), [(PAPER, "lambertw"), (DOUBLE, "quadratic"), (ODD, "root")])
 def test_sequential_and_parallel_prefix_search_agree(params, solver, monkeypatch):
-    """Wide layers scan sequentially, narrow ones in parallel: both must give the same times."""
+    """Wide layers walk the inputs sequentially, narrow ones in parallel: the same times.
+
+    Batched (the sequential walk takes as many steps as each row needs): random times with silent
+    inputs; a large tie group at the last finite time (like an image's background at ``t_late``,
+    which the walk takes as one step); ties in the middle; every input at one time; all silent.
+    """
     from fsnn.core import spike_time
 
     rng = np.random.default_rng(11)
-    t = jnp.asarray(np.where(rng.random(40) < 0.1, np.inf, rng.uniform(0, 3, 40)))
+    random = np.where(rng.random(40) < 0.1, np.inf, rng.uniform(0, 3, 40))
+    background = np.where(rng.random(40) < 0.6, 2.0, rng.uniform(0.1, 2.0, 40))
+    background[:3] = np.inf
+    middle_ties = np.where(rng.random(40) < 0.5, 1.0, rng.uniform(0, 3, 40))
+    t = jnp.asarray(np.stack([random, background, middle_ties, np.full(40, 0.5), np.full(40, np.inf)]))
     w = jnp.asarray(rng.normal(0.05, 0.5, (40, 24)))
     scale = jnp.asarray(rng.uniform(0.8, 1.2, 24))
     per_neuron = params._replace(threshold=params.threshold * scale, g_leak=params.g_leak * scale)
 
     def run():
-        fn = jax.jit(functools.partial(layer_spike_times, solver=solver))
-        return fn(t, w, per_neuron), jax.jit(jax.jacrev(lambda w: fn(t, w, per_neuron)))(w)
+        fn = jax.vmap(functools.partial(layer_spike_times, solver=solver), (0, None, None))
+        return jax.jit(fn)(t, w, per_neuron), jax.jit(jax.jacrev(lambda w: fn(t, w, per_neuron)))(w)
 
     monkeypatch.setattr(spike_time, "PARALLEL_MAX_OUT", 0)
     sequential = run()
     monkeypatch.setattr(spike_time, "PARALLEL_MAX_OUT", 10**6)
     parallel = run()
     fired = jnp.isfinite(sequential[0])
-    assert 0 < int(fired.sum()) < 24
+    assert all(0 < int(n) < 24 for n in fired[:4].sum(axis=1)) and not fired[4].any()
     np.testing.assert_array_equal(jnp.isfinite(parallel[0]), fired)
     np.testing.assert_allclose(parallel[0], sequential[0], rtol=1e-13)
     np.testing.assert_allclose(parallel[1], sequential[1], rtol=1e-11, atol=1e-14)
