@@ -1,4 +1,4 @@
-"""Data-parallel training over two (emulated CPU) devices gives the one-device result."""
+"""Two (emulated CPU) devices give the one-device result: data-parallel training, sweeps spread over them."""
 
 import json
 import os
@@ -31,12 +31,17 @@ json.dump(out, sys.stdout)
 """
 
 
-def test_two_devices_match_one():
+def _on_two_cpu_devices(script: str) -> dict:
+    """Run ``script`` in a fresh process that sees two emulated CPU devices; its JSON output."""
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"
     env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
-    done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout)
+    return json.loads(done.stdout)
+
+
+def test_two_devices_match_one():
+    out = _on_two_cpu_devices(SCRIPT)
     one, two = out["1"], out["2"]
     assert one["placed_on"] == 1 and two["placed_on"] == 2
     assert one["bumps"] == two["bumps"] and one["accuracy"] == two["accuracy"]
@@ -80,11 +85,7 @@ json.dump(out, sys.stdout)
 
 
 def test_sweep_spread_over_two_devices_matches_one_and_resumes_on_one():
-    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"
-    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
-    done = subprocess.run([sys.executable, "-c", SWEEP_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout)
+    out = _on_two_cpu_devices(SWEEP_SCRIPT)
     assert out["spread"] == [0.0, 1.0, 2.0, 2.0] and out["spread_shards"] == [2, 2]  # padded, one half per device
     one, two, resumed = out["rows"]
     assert len(one) == 3 and len({tuple(map(str, r)) for r in one}) == 3  # three different runs
