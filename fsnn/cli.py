@@ -181,8 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument(
         "--devices",
         type=int,
-        default=1,
-        help="spread the runs over this many devices (0 = all visible; on a CPU, N > 1 shows N cores as devices)",
+        default=0,
+        help="spread the runs over this many devices (default 0: all visible; on a CPU, N > 1 shows N cores)",
     )
     sw.set_defaults(func=_sweep)
     ev = sub.add_parser("eval", help="re-evaluate a saved run on its validation and test sets")

@@ -5,9 +5,9 @@ initialisation, remedy settings, threshold, ...) share a compiled program: their
 optimizer states and `hyperparameters` are stacked along a leading ``run`` axis. Runs that differ in
 anything that changes shapes or code (sizes, batch size, dataset, solver, epochs, ...) are grouped,
 one compiled program per group. Each run ends with the weights it would have had when trained alone
-(`tests/test_sweep.py`). With ``devices`` > 1 the stacked runs are spread over that many devices
-(a ``runs`` mesh axis; each run stays whole on one device, so nothing is communicated): several
-GPUs, or the cores of a CPU shown to JAX as devices (`fsnn sweep --devices N`).
+(`tests/test_sweep.py`). The stacked runs are spread over the visible devices, or ``devices`` of
+them (a ``runs`` mesh axis; each run stays whole on one device, so nothing is communicated):
+several GPUs, or the cores of a CPU shown to JAX as devices (`fsnn sweep --devices N`).
 """
 
 from __future__ import annotations
@@ -166,7 +166,9 @@ def _train_group(
     """
     first = configs[0]
     if first.devices != 1:
-        raise ConfigError("config key `devices` must be 1 in a sweep (runs are vmapped on one device).")
+        raise ConfigError(
+            "config key `devices` (batches sharded) must be 1 in a sweep; `fsnn sweep --devices N` spreads the runs."
+        )
     _enable_dtype(first)
     trainer, train_epoch, evaluators = _programs(first)
     evaluate = evaluators[first.in_the_loop]
@@ -288,7 +290,7 @@ def sweep(
     quiet: bool = False,
     data_dir: str | Path | None = None,
     resume: bool = False,
-    devices: int = 1,
+    devices: int = 0,
 ) -> tuple[list[dict[str, Any]], list[TrainState]]:
     """Train every config, vmapping runs that share a compiled program; one result row per config.
 
@@ -298,7 +300,7 @@ def sweep(
     the keys that differ from ``base`` or between runs, test / validation accuracy, spikes per
     neuron, seconds of its group). ``resume=True`` continues an interrupted sweep of the same runs
     (``epochs`` may grow) from its checkpoints and ends exactly as an uninterrupted one.
-    ``devices`` (0 = all visible) spreads each group's runs over that many devices. Returns the
+    ``devices`` (default 0: all visible) spreads each group's runs over that many devices. Returns the
     rows and every run's final `TrainState`, in the order of ``configs``.
     """
     configs = list(configs)
