@@ -95,8 +95,9 @@ def _runs_mesh(devices: int) -> Mesh | None:
     available = jax.devices()
     n = devices or len(available)
     if devices < 0 or n > len(available):
-        cpu = jax.default_backend() == "cpu"
-        hint = " (on a CPU, run `fsnn sweep --devices N` in a fresh process: N cores become N devices)" if cpu else ""
+        hint = ""
+        if jax.default_backend() == "cpu":
+            hint = " (CPU cores become devices by `jax.config.update('jax_num_cpu_devices', N)` before JAX runs)"
         raise ConfigError(
             f"--devices must be 0 (all) or 1..{len(available)}, the visible devices{hint}; got {devices}."
         )
