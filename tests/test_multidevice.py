@@ -61,7 +61,7 @@ from fsnn.train.sweep import _runs_mesh, _spread, expand_grid, sweep
 
 base = Config(train_size=300, eval_size=200, epochs=2, hidden=(12,), batch_size=50, dtype="float64",
               input_noise=0.1, select_best=True)
-configs = expand_grid(base, 3, {"learning_rate": [0.005]})  # three runs: two devices pad a fourth
+configs = expand_grid(base, 3, {})  # three seeds: two devices pad a fourth run
 spread = _spread(np.arange(3.0), _runs_mesh(2), 3)
 out = {"spread": spread.tolist(), "spread_shards": sorted(s.data.shape[0] for s in spread.addressable_shards)}
 one_rows, one = sweep(configs, quiet=True, devices=1)

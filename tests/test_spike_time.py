@@ -377,11 +377,10 @@ def test_jit_vmap_grad_compose():
 
 @pytest.mark.parametrize(("params", "solver"), [(PAPER, "lambertw"), (DOUBLE, "quadratic"), (ODD, "root")])
 def test_sequential_and_parallel_prefix_search_agree(params, solver, monkeypatch):
-    """Wide layers walk the inputs sequentially, narrow ones in parallel: the same times.
+    """Wide layers scan the inputs sequentially, narrow ones in parallel: the same times.
 
-    Batched (the sequential walk takes as many steps as each row needs): random times with silent
-    inputs; a large tie group at the last finite time (like an image's background at ``t_late``,
-    which the walk takes as one step); ties in the middle; every input at one time; all silent.
+    Batched rows: random times with silent inputs; a large tie group at the last finite time (like
+    an image's background at ``t_late``); ties in the middle; every input at one time; all silent.
     """
     from fsnn.core import spike_time
 
