@@ -1,10 +1,17 @@
-"""One prepared GPU session: short mnist16 training, the `fsnn bench` table, the Yin-Yang paper run.
+"""One prepared GPU session: the `fsnn bench` table, short image training, GPU variants, Yin-Yang.
 
 Written for the lent device (one H100, 15 minutes of device time per session, starts included):
-every check in one command, each section timed and guarded (a failing section is reported and the
-next one runs), a short table printed at the end and everything written to ``gpu_session.json``.
+every check in one command, in order of priority, each section (and each benchmark row) timed
+and guarded (a failing one is reported and the next runs), sections that would start after
+``--budget`` seconds skipped, ``gpu_session.json`` rewritten after each, a short table at the end.
 TensorFlow Datasets is not installed there, so MNIST comes straight from the original IDX files
 (`fsnn.data.images.read_originals`: the same splits as the TFDS path, tested).
+
+Variants measured beside the library's default path (for the kernel decision of issue 5):
+``parallel`` searches every prefix of every layer with the log-depth associative scan (by default
+only layers of at most `PARALLEL_MAX_OUT` neurons; wider ones walk the sorted inputs one step at a
+time, which on a GPU is one small kernel per input); ``dense`` (`dense_mask_layer`, tau_m = tau_s
+only) needs no sort: every prefix sum at once as a causal-mask matrix product.
 
 Here, once (the originals travel in a git-ignored folder named in the device call's ``carry``)::
 
@@ -13,18 +20,20 @@ Here, once (the originals travel in a git-ignored folder named in the device cal
 
 On the device (``carry: [".data"]``; jax, flax, optax, orbax, jaxtyping are installed there)::
 
-    PYTHONUNBUFFERED=1 python3 benchmarks/gpu_session.py --data-dir .data --out $OUT
+    PYTHONUNBUFFERED=1 python3 benchmarks/gpu_session.py --data-dir .data --out $OUT --budget 300
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +41,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a plain checkout
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
 
-from fsnn.bench import format_table, run_benchmarks  # noqa: E402
+from fsnn.bench import bench_network, format_table, median_seconds  # noqa: E402
+from fsnn.core import spike_time  # noqa: E402
 from fsnn.data.images import encode_images, read_originals  # noqa: E402
+from fsnn.nn import SpikingNetwork, batched  # noqa: E402
 from fsnn.train import load_config  # noqa: E402
 from fsnn.train.loop import Trainer, train_and_evaluate  # noqa: E402
 
 
-def image_epochs(name: str, data_dir: Path, epochs: int, train_size: int | None) -> dict[str, Any]:
+@contextlib.contextmanager
+def all_parallel(on: bool = True):
+    """Every layer searches its prefixes with the associative scan (functions traced inside)."""
+    saved = spike_time.PARALLEL_MAX_OUT
+    spike_time.PARALLEL_MAX_OUT = 10**9 if on else saved
+    try:
+        yield
+    finally:
+        spike_time.PARALLEL_MAX_OUT = saved
+
+
+def image_epochs(name: str, data_dir: Path, epochs: int, train_size: int | None, parallel: bool) -> dict[str, Any]:
     """Train experiment ``name`` (mnist16 or mnist) for ``epochs`` epochs; seconds per epoch, accuracy."""
     config = load_config(name)
     size = 16 if config.dataset.endswith("16") else 28
@@ -49,21 +73,23 @@ def image_epochs(name: str, data_dir: Path, epochs: int, train_size: int | None)
         n = train_size if split == "train" and train_size else len(images.labels)
         times = encode_images(images.images[:n], size=size, t_early=config.t_early, t_late=config.t_late)
         data[split] = (jnp.asarray(times, config.dtype), jnp.asarray(images.labels[:n]))
-    trainer = Trainer(config)
-    state = trainer.init_state()
-    seconds = []
-    for _ in range(epochs):
+    with all_parallel(parallel):
+        trainer = Trainer(config)
+        state = trainer.init_state()
+        seconds = []
+        for _ in range(epochs):
+            start = time.perf_counter()
+            state, summary = trainer.train_epoch(state, *data["train"])
+            jax.block_until_ready(state)
+            seconds.append(time.perf_counter() - start)
         start = time.perf_counter()
-        state, summary = trainer.train_epoch(state, *data["train"])
-        jax.block_until_ready(state)
-        seconds.append(time.perf_counter() - start)
-    start = time.perf_counter()
-    jax.block_until_ready(trainer.evaluate(state.params, *data["test"]))
-    first_eval = time.perf_counter() - start  # compilation included
-    start = time.perf_counter()
-    test = jax.block_until_ready(trainer.evaluate(state.params, *data["test"]))
+        jax.block_until_ready(trainer.evaluate(state.params, *data["test"]))
+        first_eval = time.perf_counter() - start  # compilation included
+        start = time.perf_counter()
+        test = jax.block_until_ready(trainer.evaluate(state.params, *data["test"]))
     return {
         "network": f"{config.n_inputs}-" + "-".join(map(str, config.sizes)),
+        "parallel": parallel,
         "train_images": int(data["train"][1].shape[0]),
         "batch_size": config.batch_size,
         "epoch_seconds": seconds,  # the first includes compilation
@@ -72,6 +98,86 @@ def image_epochs(name: str, data_dir: Path, epochs: int, train_size: int | None)
         "train_accuracy_last_epoch": float(summary["train_accuracy"]),
         "test_accuracy": float(test["accuracy"]),
     }
+
+
+def dense_mask_layer(t: jax.Array, w: jax.Array, tau: float, theta_c: float, precision) -> jax.Array:
+    """First spike times ``[batch, n_out]`` of a ``tau_m = tau_s = tau`` layer without sorting.
+
+    Prefix ``k`` holds the inputs with ``t_i <= t_k``: ``P_k = sum_i [t_i <= t_k] w_i e^{(t_i-t0)/tau}``
+    and ``Q_k`` (the same with a factor ``t_i - t0``) are one matrix product of the causal mask with
+    the shared weights; ``B_k = e^{-(t_k-t0)/tau} P_k``, ``D_k = e^{-(t_k-t0)/tau} ((t_k-t0) P_k - Q_k)``
+    as in `fsnn.core.spike_time`; the earliest crossing prefix holds the spike. ``t0`` is each
+    sample's earliest input (a prototype: overflows if a sample's inputs span more than ≈ 88 tau).
+    """
+    n = t.shape[1]
+    finite = jnp.isfinite(t)
+    t0 = jnp.min(jnp.where(finite, t, jnp.inf), axis=1, keepdims=True)
+    rel = jnp.where(finite, t - jnp.where(jnp.isfinite(t0), t0, 0.0), 0.0)  # [b, n]
+    e = jnp.where(finite, jnp.exp(rel / tau), 0.0)
+    mask = (t[:, None, :] <= t[:, :, None]).astype(t.dtype)  # [b, k, i]
+    lhs = jnp.concatenate([mask * e[:, None, :], mask * (e * rel)[:, None, :]], axis=1)
+    pq = jnp.einsum("bki,ij->bkj", lhs, w, precision=precision)
+    p, q = pq[:, :n], pq[:, n:]
+    decay = jnp.exp(-rel / tau)[:, :, None]
+    big_b, big_d = decay * p, decay * (rel[:, :, None] * p - q)
+    later = jnp.where(t[:, None, :] > t[:, :, None], t[:, None, :], jnp.inf)  # [b, k, i]
+    span = (jnp.min(later, axis=2) - jnp.where(finite, t, 0.0))[:, :, None]
+    peak, u_peak = spike_time._peak("lambertw", big_b, big_d, span, tau, tau)
+    crosses = finite[:, :, None] & (big_b > 0) & (u_peak >= theta_c)
+    first = jnp.argmin(jnp.where(crosses, t[:, :, None], jnp.inf), axis=1)[:, None, :]  # [b, 1, m]
+
+    def pick(a):
+        return jnp.take_along_axis(jnp.broadcast_to(a, crosses.shape), first, axis=1)[:, 0]
+
+    fired = jnp.any(crosses, axis=1)
+    b, d = jnp.where(fired, pick(big_b), 1.0), jnp.where(fired, pick(big_d), 0.0)
+    x = spike_time._solve_lambertw(b, d, jnp.where(fired, pick(peak), 1.0), tau, tau, theta_c)
+    return jnp.where(fired, pick(t[:, :, None]) + x, jnp.inf)
+
+
+def variants(sizes: tuple[int, ...], batch: int, repeats: int) -> dict[str, Any]:
+    """Inference images/s of a 256-input network: default path, all-parallel, dense mask (f32)."""
+    net = SpikingNetwork(256, sizes, init=((0.1, 0.4), (0.6, 0.8)), bias_times=(), rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(net)
+    x = jax.random.uniform(jax.random.key(2), (batch, 256), jnp.float32, 0.15, 2.0)
+    x = jnp.where(jax.random.uniform(jax.random.key(3), x.shape) < 0.2, jnp.inf, x)
+    kernels = [layer.kernel[...] for layer in net.layers]
+    rows: dict[str, Any] = {"network": "256-" + "-".join(map(str, sizes)), "batch": batch}
+    reference = None
+    candidates: dict[str, Callable] = {
+        "default": lambda s, x: batched(graphdef, s, x)[-1],
+        "parallel": lambda s, x: batched(graphdef, s, x)[-1],
+    }
+    for precision in ("highest", "high", "default"):
+
+        def dense(s, x, precision=precision):
+            for w in kernels:
+                x = dense_mask_layer(x, w, 1.0, 1.0, precision)
+            return x
+
+        candidates[f"dense_{precision}"] = dense
+    for name, fn in candidates.items():
+        try:
+            with all_parallel(name == "parallel"):
+                start = time.perf_counter()
+                compiled = jax.jit(fn).lower(state, x).compile()
+                compile_s = time.perf_counter() - start
+                out = jax.block_until_ready(compiled(state, x))
+                seconds = median_seconds(compiled, state, x, repeats=repeats)
+            out = np.asarray(out)
+            row = {"images_per_s": batch / seconds, "compile_seconds": compile_s}
+            if reference is None:
+                reference = out
+            else:
+                both = np.isfinite(out) & np.isfinite(reference)
+                row["fired_mismatch"] = int(np.sum(np.isfinite(out) != np.isfinite(reference)))
+                row["max_abs_diff"] = float(np.max(np.abs(out - reference), where=both, initial=0.0))
+        except Exception as error:  # one variant failing must not cost the others
+            traceback.print_exc()
+            row = {"error": repr(error)[:400]}
+        rows[name] = row
+        print(f"   variant {name}: {row}", flush=True)
+    return rows
 
 
 def yinyang_run(epochs: int | None) -> dict[str, Any]:
@@ -87,42 +193,88 @@ def yinyang_run(epochs: int | None) -> dict[str, Any]:
     return {"wall_seconds": wall, **{k: results[k] for k in keys}}
 
 
+def bench_rows(networks, dtype: str, smoke: bool, deadline: float) -> dict[str, Any]:
+    """`fsnn.bench.bench_network` rows, one at a time (each printed as it completes)."""
+    if dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    rows = []
+    for name in networks:
+        if time.perf_counter() > deadline:
+            rows.append({"network": name, "dtype": dtype, "skipped": "budget"})
+            continue
+        start = time.perf_counter()
+        try:
+            row = bench_network(
+                name,
+                dtype,
+                large_batch=256 if smoke else 4096,
+                steps=2 if smoke else 4,
+                repeats=2 if smoke else 5,
+                inference_batch=512 if smoke else 65536,
+            )
+        except Exception as error:
+            traceback.print_exc()
+            row = {"network": name, "dtype": dtype, "error": repr(error)[:400]}
+        row["row_seconds"] = time.perf_counter() - start
+        rows.append(row)
+        print(f"   bench {json.dumps(row)}", flush=True)
+    return {"rows": rows}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", required=True, type=Path, help="folder holding mnist/ (the IDX originals)")
     parser.add_argument("--out", required=True, type=Path, help="where gpu_session.json goes")
+    parser.add_argument("--budget", type=float, default=420.0, help="no section starts after this many seconds")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: rehearse the script on a CPU")
     args = parser.parse_args()
     smoke = args.smoke
+    begin = time.perf_counter()
+    deadline = begin + args.budget
     device = jax.devices()[0]
     report: dict[str, Any] = {"device": f"{device.platform}: {device.device_kind}", "jax": jax.__version__}
     print(report, flush=True)
-    sections = {
-        "mnist16": lambda: image_epochs("mnist16", args.data_dir, 1 if smoke else 3, 1000 if smoke else None),
-        "bench": lambda: run_benchmarks(
-            ("yinyang", "mnist16") if smoke else ("yinyang", "mnist16", "bss2", "mnist"),
-            ("float32",) if smoke else ("float32", "float64"),
-            large_batch=256 if smoke else 4096,
-            inference_batch=512 if smoke else 65536,
-            repeats=2 if smoke else 5,
+    networks = ("bss2", "mnist16") if smoke else ("bss2", "mnist16", "yinyang", "mnist")
+    sections: dict[str, Callable[[], dict[str, Any]]] = {
+        "bench_float32": lambda: bench_rows(networks, "float32", smoke, deadline),
+        "mnist16": lambda: image_epochs("mnist16", args.data_dir, 1 if smoke else 2, 1000 if smoke else None, False),
+        "mnist16_parallel": lambda: image_epochs(
+            "mnist16", args.data_dir, 1 if smoke else 2, 1000 if smoke else None, True
         ),
+        "variants": lambda: variants((246, 10), 64 if smoke else 16384, 2 if smoke else 5),
         "yinyang": lambda: yinyang_run(3 if smoke else None),
-        "mnist": lambda: image_epochs("mnist", args.data_dir, 1 if smoke else 2, 500 if smoke else None),
+        "mnist": lambda: image_epochs("mnist", args.data_dir, 1, 500 if smoke else None, False),
+        "bench_float64": lambda: bench_rows(networks, "float64", smoke, deadline),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     for name, run in sections.items():
         start = time.perf_counter()
+        if start > deadline:
+            report[name] = {"skipped": f"budget of {args.budget:.0f} s spent"}
+            continue
         try:
             report[name] = run()
         except Exception as error:  # report and go on: one device session, every section counts
             traceback.print_exc()
-            report[name] = {"error": repr(error)}
+            report[name] = {"error": repr(error)[:400]}
         report[name]["section_seconds"] = time.perf_counter() - start
-        print(f"== {name} ({report[name]['section_seconds']:.1f} s): {json.dumps(report[name])[:600]}", flush=True)
+        print(f"== {name} ({report[name]['section_seconds']:.1f} s, at {start - begin:.0f} s)", flush=True)
         (args.out / "gpu_session.json").write_text(json.dumps(report, indent=2))
-    if "rows" in report["bench"]:
-        print(format_table(report["bench"]))
-    for name in ("mnist16", "mnist"):
+    rows = [r for s in ("bench_float32", "bench_float64") for r in report[s].get("rows", [])]
+    done = [r for r in rows if "inference_images_per_s" in r]
+    if done:
+        print(
+            format_table(
+                {
+                    "device": report["device"],
+                    "machine": "",
+                    "jax": jax.__version__,
+                    "date": time.strftime("%Y-%m-%d"),
+                    "rows": done,
+                }
+            )
+        )
+    for name in ("mnist16", "mnist16_parallel", "mnist"):
         r = report[name]
         if "epoch_seconds" in r:
             print(
@@ -133,6 +285,7 @@ def main() -> None:
     if "wall_seconds" in report["yinyang"]:
         r = report["yinyang"]
         print(f"yinyang {r['epochs']} epochs: {r['wall_seconds']:.1f} s wall, test {100 * r['test_accuracy']:.2f} %")
+    print(f"total {time.perf_counter() - begin:.0f} s")
 
 
 if __name__ == "__main__":
