@@ -7,11 +7,11 @@ and guarded (a failing one is reported and the next runs), sections that would s
 TensorFlow Datasets is not installed there, so MNIST comes straight from the original IDX files
 (`fsnn.data.images.read_originals`: the same splits as the TFDS path, tested).
 
-Variants measured beside the library's default path (for the kernel decision of issue 5):
-``parallel`` searches every prefix of every layer with the log-depth associative scan (by default
-only layers of at most `PARALLEL_MAX_OUT` neurons; wider ones walk the sorted inputs one step at a
-time, which on a GPU is one small kernel per input); ``dense`` (`dense_mask_layer`, tau_m = tau_s
-only) needs no sort: every prefix sum at once as a causal-mask matrix product.
+Prefix searches compared (for the kernel decision of issue 5; off CPU the library walks the
+sorted inputs ``CHUNK`` at a time, see `fsnn.core.spike_time`): ``chunkN`` with ``CHUNK = N``,
+``pallas`` the one-pass Pallas kernel (`fsnn.core.prefix_kernel`), ``dense_highest``
+(`dense_mask_layer`, tau_m = tau_s only) no sort at all: every prefix sum as one causal-mask matrix
+product. On a CPU (``--smoke``) the variants all take the CPU path: the rehearsal checks the script.
 
 Here, once (the originals travel in a git-ignored folder named in the device call's ``carry``)::
 
@@ -20,7 +20,7 @@ Here, once (the originals travel in a git-ignored folder named in the device cal
 
 On the device (``carry: [".data"]``; jax, flax, optax, orbax, jaxtyping are installed there)::
 
-    PYTHONUNBUFFERED=1 python3 benchmarks/gpu_session.py --data-dir .data --out $OUT --budget 300
+    PYTHONUNBUFFERED=1 python3 benchmarks/gpu_session.py --data-dir .data --out $OUT --budget 330
 """
 
 from __future__ import annotations
@@ -53,17 +53,21 @@ from fsnn.train.loop import Trainer, train_and_evaluate  # noqa: E402
 
 
 @contextlib.contextmanager
-def all_parallel(on: bool = True):
-    """Every layer searches its prefixes with the associative scan (functions traced inside)."""
-    saved = spike_time.PARALLEL_MAX_OUT
-    spike_time.PARALLEL_MAX_OUT = 10**9 if on else saved
+def search(chunk: int | None = None, pallas: bool = False):
+    """Off-CPU prefix search with ``CHUNK = chunk`` (default: the library's) or the Pallas kernel."""
+    saved = spike_time.CHUNK, spike_time.PALLAS
+    spike_time.CHUNK = chunk or saved[0]
+    spike_time.PALLAS = pallas
     try:
         yield
     finally:
-        spike_time.PARALLEL_MAX_OUT = saved
+        spike_time.CHUNK, spike_time.PALLAS = saved
 
 
-def image_epochs(name: str, data_dir: Path, epochs: int, train_size: int | None, parallel: bool) -> dict[str, Any]:
+SEARCHES = {"chunk16": {"chunk": 16}, "chunk64": {"chunk": 64}, "chunk256": {"chunk": 256}, "pallas": {"pallas": True}}
+
+
+def image_epochs(name: str, data_dir: Path, epochs: int, train_size: int | None, variant: str) -> dict[str, Any]:
     """Train experiment ``name`` (mnist16 or mnist) for ``epochs`` epochs; seconds per epoch, accuracy."""
     config = load_config(name)
     size = 16 if config.dataset.endswith("16") else 28
@@ -73,7 +77,7 @@ def image_epochs(name: str, data_dir: Path, epochs: int, train_size: int | None,
         n = train_size if split == "train" and train_size else len(images.labels)
         times = encode_images(images.images[:n], size=size, t_early=config.t_early, t_late=config.t_late)
         data[split] = (jnp.asarray(times, config.dtype), jnp.asarray(images.labels[:n]))
-    with all_parallel(parallel):
+    with search(**SEARCHES[variant]):
         trainer = Trainer(config)
         state = trainer.init_state()
         seconds = []
@@ -89,7 +93,7 @@ def image_epochs(name: str, data_dir: Path, epochs: int, train_size: int | None,
         test = jax.block_until_ready(trainer.evaluate(state.params, *data["test"]))
     return {
         "network": f"{config.n_inputs}-" + "-".join(map(str, config.sizes)),
-        "parallel": parallel,
+        "search": variant,
         "train_images": int(data["train"][1].shape[0]),
         "batch_size": config.batch_size,
         "epoch_seconds": seconds,  # the first includes compilation
@@ -136,7 +140,7 @@ def dense_mask_layer(t: jax.Array, w: jax.Array, tau: float, theta_c: float, pre
 
 
 def variants(sizes: tuple[int, ...], batch: int, repeats: int) -> dict[str, Any]:
-    """Inference images/s of a 256-input network: default path, all-parallel, dense mask (f32)."""
+    """Inference images/s of a 256-input network per prefix search (and the dense mask), f32."""
     net = SpikingNetwork(256, sizes, init=((0.1, 0.4), (0.6, 0.8)), bias_times=(), rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(net)
     x = jax.random.uniform(jax.random.key(2), (batch, 256), jnp.float32, 0.15, 2.0)
@@ -144,23 +148,22 @@ def variants(sizes: tuple[int, ...], batch: int, repeats: int) -> dict[str, Any]
     kernels = [layer.kernel[...] for layer in net.layers]
     rows: dict[str, Any] = {"network": "256-" + "-".join(map(str, sizes)), "batch": batch}
     reference = None
-    candidates: dict[str, Callable] = {
-        "default": lambda s, x: batched(graphdef, s, x)[-1],
-        "parallel": lambda s, x: batched(graphdef, s, x)[-1],
-    }
-    for precision in ("highest", "high", "default"):
 
-        def dense(s, x, precision=precision):
-            for w in kernels:
-                x = dense_mask_layer(x, w, 1.0, 1.0, precision)
-            return x
+    def library(s, x):
+        return batched(graphdef, s, x)[-1]
 
-        candidates[f"dense_{precision}"] = dense
-    for name, fn in candidates.items():
+    def dense(s, x):
+        for w in kernels:
+            x = dense_mask_layer(x, w, 1.0, 1.0, "highest")
+        return x
+
+    for name in ("chunk64", "chunk16", "chunk256", "pallas", "dense_highest"):
         try:
-            with all_parallel(name == "parallel"):
+            with search(**SEARCHES.get(name, {})):
                 start = time.perf_counter()
-                compiled = jax.jit(fn).lower(state, x).compile()
+                fn = dense if name.startswith("dense") else library
+                # A new function per variant: jit's cache does not see the search settings.
+                compiled = jax.jit(lambda s, x, fn=fn: fn(s, x)).lower(state, x).compile()
                 compile_s = time.perf_counter() - start
                 out = jax.block_until_ready(compiled(state, x))
                 seconds = median_seconds(compiled, state, x, repeats=repeats)
@@ -193,7 +196,7 @@ def yinyang_run(epochs: int | None) -> dict[str, Any]:
     return {"wall_seconds": wall, **{k: results[k] for k in keys}}
 
 
-def bench_rows(networks, dtype: str, smoke: bool, deadline: float) -> dict[str, Any]:
+def bench_rows(networks, dtype: str, smoke: bool, deadline: float, pallas: bool = False) -> dict[str, Any]:
     """`fsnn.bench.bench_network` rows, one at a time (each printed as it completes)."""
     if dtype == "float64":
         jax.config.update("jax_enable_x64", True)
@@ -204,17 +207,19 @@ def bench_rows(networks, dtype: str, smoke: bool, deadline: float) -> dict[str, 
             continue
         start = time.perf_counter()
         try:
-            row = bench_network(
-                name,
-                dtype,
-                large_batch=256 if smoke else 4096,
-                steps=2 if smoke else 4,
-                repeats=2 if smoke else 5,
-                inference_batch=512 if smoke else 65536,
-            )
+            with search(pallas=pallas):
+                row = bench_network(
+                    name,
+                    dtype,
+                    large_batch=256 if smoke else 4096,
+                    steps=2 if smoke else 4,
+                    repeats=2 if smoke else 5,
+                    inference_batch=512 if smoke else 65536,
+                )
         except Exception as error:
             traceback.print_exc()
             row = {"network": name, "dtype": dtype, "error": repr(error)[:400]}
+        row["search"] = "pallas" if pallas else f"chunk{spike_time.CHUNK}"
         row["row_seconds"] = time.perf_counter() - start
         rows.append(row)
         print(f"   bench {json.dumps(row)}", flush=True)
@@ -235,15 +240,20 @@ def main() -> None:
     report: dict[str, Any] = {"device": f"{device.platform}: {device.device_kind}", "jax": jax.__version__}
     print(report, flush=True)
     networks = ("bss2", "mnist16") if smoke else ("bss2", "mnist16", "yinyang", "mnist")
+    n16, n28 = (1000, 500) if smoke else (None, None)
     sections: dict[str, Callable[[], dict[str, Any]]] = {
-        "bench_float32": lambda: bench_rows(networks, "float32", smoke, deadline),
-        "mnist16": lambda: image_epochs("mnist16", args.data_dir, 1 if smoke else 2, 1000 if smoke else None, False),
-        "mnist16_parallel": lambda: image_epochs(
-            "mnist16", args.data_dir, 1 if smoke else 2, 1000 if smoke else None, True
-        ),
         "variants": lambda: variants((246, 10), 64 if smoke else 16384, 2 if smoke else 5),
+        **{
+            f"mnist16_{v}": lambda v=v: image_epochs("mnist16", args.data_dir, 1 if smoke else 2, n16, v)
+            for v in ("chunk64", "pallas", "chunk16", "chunk256")
+        },
+        **{
+            f"mnist_{v}": lambda v=v: image_epochs("mnist", args.data_dir, 1 if smoke else 2, n28, v)
+            for v in ("chunk64", "pallas")
+        },
+        "bench_float32": lambda: bench_rows(networks, "float32", smoke, deadline),
+        "bench_float32_pallas": lambda: bench_rows(networks, "float32", smoke, deadline, pallas=True),
         "yinyang": lambda: yinyang_run(3 if smoke else None),
-        "mnist": lambda: image_epochs("mnist", args.data_dir, 1, 500 if smoke else None, False),
         "bench_float64": lambda: bench_rows(networks, "float64", smoke, deadline),
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -260,23 +270,17 @@ def main() -> None:
         report[name]["section_seconds"] = time.perf_counter() - start
         print(f"== {name} ({report[name]['section_seconds']:.1f} s, at {start - begin:.0f} s)", flush=True)
         (args.out / "gpu_session.json").write_text(json.dumps(report, indent=2))
-    rows = [r for s in ("bench_float32", "bench_float64") for r in report[s].get("rows", [])]
-    done = [r for r in rows if "inference_images_per_s" in r]
+    rows = [r for s in ("bench_float32", "bench_float32_pallas", "bench_float64") for r in report[s].get("rows", [])]
+    done = [dict(r, network=f"{r['network']} ({r['search']})") for r in rows if "inference_images_per_s" in r]
     if done:
+        date = time.strftime("%Y-%m-%d")
         print(
             format_table(
-                {
-                    "device": report["device"],
-                    "machine": "",
-                    "jax": jax.__version__,
-                    "date": time.strftime("%Y-%m-%d"),
-                    "rows": done,
-                }
+                {"device": report["device"], "machine": "", "jax": jax.__version__, "date": date, "rows": done}
             )
         )
-    for name in ("mnist16", "mnist16_parallel", "mnist"):
-        r = report[name]
-        if "epoch_seconds" in r:
+    for name, r in report.items():
+        if isinstance(r, dict) and "epoch_seconds" in r:
             print(
                 f"{name} {r['network']}: epochs {[round(s, 2) for s in r['epoch_seconds']]} s "
                 f"(batch {r['batch_size']}, {r['train_images']} images), test {100 * r['test_accuracy']:.2f} %, "

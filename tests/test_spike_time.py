@@ -377,7 +377,10 @@ def test_jit_vmap_grad_compose():
 
 @pytest.mark.parametrize(("params", "solver"), [(PAPER, "lambertw"), (DOUBLE, "quadratic"), (ODD, "root")])
 def test_sequential_and_parallel_prefix_search_agree(params, solver, monkeypatch):
-    """Wide layers scan the inputs sequentially, narrow ones in parallel: the same times.
+    """Wide layers scan the inputs sequentially, narrow ones in parallel, GPUs in chunks: the same times.
+
+    The GPU paths are routed in on CPU: the Pallas kernel in interpret mode, and the chunked
+    search with chunks of one input, a non-divisor of n_in (padding) and more than n_in.
 
     Batched rows: random times with silent inputs; a large tie group at the last finite time (like
     an image's background at ``t_late``); ties in the middle; every input at one time; all silent.
@@ -401,12 +404,47 @@ def test_sequential_and_parallel_prefix_search_agree(params, solver, monkeypatch
     monkeypatch.setattr(spike_time, "PARALLEL_MAX_OUT", 0)
     sequential = run()
     monkeypatch.setattr(spike_time, "PARALLEL_MAX_OUT", 10**6)
-    parallel = run()
+    others = [run()]
+    monkeypatch.setattr(spike_time, "_search_cpu", functools.partial(spike_time._search_pallas, interpret=True))
+    others.append(run())
+    monkeypatch.setattr(spike_time, "_search_cpu", spike_time._search_chunked)
+    for chunk in (1, 7, 64):
+        monkeypatch.setattr(spike_time, "CHUNK", chunk)
+        others.append(run())
     fired = jnp.isfinite(sequential[0])
     assert all(0 < int(n) < 24 for n in fired[:4].sum(axis=1)) and not fired[4].any()
-    np.testing.assert_array_equal(jnp.isfinite(parallel[0]), fired)
-    np.testing.assert_allclose(parallel[0], sequential[0], rtol=1e-13)
-    np.testing.assert_allclose(parallel[1], sequential[1], rtol=1e-11, atol=1e-14)
+    for times, jacobian in others:
+        np.testing.assert_array_equal(jnp.isfinite(times), fired)
+        np.testing.assert_allclose(times, sequential[0], rtol=1e-13)
+        np.testing.assert_allclose(jacobian, sequential[1], rtol=1e-11, atol=1e-14)
+
+
+@pytest.mark.parametrize(("params", "solver"), [(PAPER, "lambertw"), (DOUBLE, "quadratic"), (ODD, "root")])
+def test_pallas_kernel_matches_the_walk_in_float32(params, solver):
+    """The GPU kernel (interpret mode) finds the sequential walk's prefixes in float32, the dtype it runs in.
+
+    Per-neuron thresholds, sizes that are not powers of two (the kernel pads them), silent inputs.
+    """
+    from fsnn.core.prefix_kernel import causal_prefix_kernel
+    from fsnn.core.spike_time import _causal_prefix
+
+    rng = np.random.default_rng(5)
+    t = jnp.asarray(np.where(rng.random((6, 37)) < 0.15, np.inf, rng.uniform(0, 3, (6, 37))), jnp.float32)
+    w = jnp.asarray(rng.normal(0.1, 0.5, (37, 21)), jnp.float32)
+    theta_c = jnp.asarray(rng.uniform(0.8, 1.2, 21), jnp.float32) * params.g_leak * params.tau_m
+    theta_c = theta_c * (params.threshold - params.e_leak)
+    tau_m = params.tau_s if solver == "lambertw" else params.tau_m
+
+    def both(ti):
+        order = jnp.argsort(ti).astype(jnp.int32)
+        args = (solver, ti[order], order, w, tau_m, params.tau_s, theta_c)
+        return _causal_prefix(*args), causal_prefix_kernel(*args, interpret=True)
+
+    walk, kernel = jax.jit(jax.vmap(both))(t)
+    assert 10 < int(walk[0].sum()) < walk[0].size
+    np.testing.assert_array_equal(kernel[0], walk[0])
+    for a, b in zip(kernel[1:], walk[1:]):
+        np.testing.assert_allclose(jnp.where(walk[0], a, 0.0), jnp.where(walk[0], b, 0.0), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])

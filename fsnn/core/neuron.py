@@ -82,12 +82,15 @@ def psp_kernel(s: Float[ArrayLike, "*s"], tau_m: ArrayLike, tau_s: ArrayLike) ->
     """
     s = jnp.asarray(s)
     live = (s > 0) & jnp.isfinite(s)
-    ss = jnp.where(live, s, 0.0)
+    return jnp.where(live, psp_kernel_unmasked(jnp.where(live, s, 0.0), tau_m, tau_s), 0.0)
+
+
+def psp_kernel_unmasked(s: Float[ArrayLike, "*s"], tau_m: ArrayLike, tau_s: ArrayLike) -> Float[Array, "*s"]:
+    """`psp_kernel` for finite ``s >= 0`` only, without the mask (no ``isfinite``: also in kernels)."""
     delta = 1.0 / tau_s - 1.0 / tau_m
     membrane_slower = delta >= 0
     tau_slow = jnp.where(membrane_slower, tau_m, tau_s)
-    val = ss * jnp.exp(-ss / tau_slow) * expm1_ratio(ss * jnp.where(membrane_slower, -delta, delta))
-    return jnp.where(live, val, 0.0)
+    return s * jnp.exp(-s / tau_slow) * expm1_ratio(s * jnp.where(membrane_slower, -delta, delta))
 
 
 def membrane_potential(

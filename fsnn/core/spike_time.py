@@ -13,7 +13,10 @@ Algorithm (one sample, one layer; Göltz et al. 2021, Methods, made O(n_in n_out
    Both follow from a linear recurrence (an affine map per input): O(n_in n_out) work, no
    ``n_in x n_in`` mask. Wide layers run it as one sequential `jax.lax.scan` that keeps only the
    first crossing prefix (O(n_out) memory); narrow layers (``n_out <= PARALLEL_MAX_OUT``) use a
-   log-depth `jax.lax.associative_scan` over all prefixes. On the prefix's
+   log-depth `jax.lax.associative_scan` over all prefixes. On GPUs and TPUs, where each step of a
+   sequential scan is a kernel launch, every layer takes ``CHUNK`` inputs per step instead, all
+   prefixes of a chunk at once (O(CHUNK n_out) memory); on CUDA GPUs a Pallas kernel does the
+   one-input walk in registers (`fsnn.core.prefix_kernel`, O(n_out) memory). On the prefix's
    interval ``t_k + x``, ``x in [0, t_{k+1} - t_k]``,
    :math:`U(x) = C(V - E_\ell) = D_k e^{-x/\tau_m} + B_k \kappa(x)`.
 2. ``U`` has at most one stationary point, a maximum, at (stable for every ``tau_m/tau_s``)
@@ -46,7 +49,7 @@ from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, ArrayLike, Float
 
 from fsnn.core.lambertw import lambertw
-from fsnn.core.neuron import LIFParams, log1p_ratio, psp_kernel
+from fsnn.core.neuron import LIFParams, log1p_ratio, psp_kernel, psp_kernel_unmasked
 
 __all__ = [
     "SOLVERS",
@@ -58,8 +61,13 @@ __all__ = [
 ]
 
 Solver = Literal["auto", "lambertw", "quadratic", "root"]
-# Layers with at most this many neurons search all prefixes in parallel (see `_forward`).
+# On CPU, layers with at most this many neurons search all prefixes in parallel, wider ones one
+# input at a time. On CUDA GPUs float32 layers run the one-pass walk as a Pallas kernel
+# (`fsnn.core.prefix_kernel`, if ``PALLAS``); elsewhere every layer searches ``CHUNK`` inputs per
+# step. Measured on an H100 in BENCHMARKS.md (float64 has not run through the kernel there yet).
 PARALLEL_MAX_OUT = 16
+CHUNK = 64
+PALLAS = True
 SOLVERS = ("lambertw", "quadratic", "root")
 
 
@@ -132,14 +140,10 @@ def _argsort_by_int_keys(t: Float[Array, " n"]) -> Array:
 
 
 def _argsort(t: Float[Array, " n"]) -> Array:
-    """Stable argsort; on CPU through integer sorts (`_argsort_by_int_keys`), elsewhere `jnp.argsort`."""
-
-    def portable(t):
+    """Stable argsort for CPU: `_argsort_by_int_keys` where ``rank * n + index`` fits its integers."""
+    if t.dtype == jnp.float32 and t.shape[0] ** 2 >= 2**31:
         return jnp.argsort(t).astype(jnp.int32)
-
-    if t.dtype == jnp.float32 and t.shape[0] ** 2 >= 2**31:  # rank * n + index must fit in int32
-        return portable(t)
-    return jax.lax.platform_dependent(t, cpu=_argsort_by_int_keys, default=portable)
+    return _argsort_by_int_keys(t)
 
 
 def _row(x: Array) -> Array:
@@ -148,8 +152,8 @@ def _row(x: Array) -> Array:
 
 
 def _scaled_u(x, b, d, tau_m, tau_s):
-    """``U(x) = D e^{-x/tau_m} + B kappa(x)`` and its slope ``B e^{-x/tau_s} - U/tau_m``."""
-    u = d * jnp.exp(-x / tau_m) + b * psp_kernel(x, tau_m, tau_s)
+    """``U(x) = D e^{-x/tau_m} + B kappa(x)`` and its slope ``B e^{-x/tau_s} - U/tau_m`` (finite ``x >= 0``)."""
+    u = d * jnp.exp(-x / tau_m) + b * psp_kernel_unmasked(x, tau_m, tau_s)
     return u, b * jnp.exp(-x / tau_s) - u / tau_m
 
 
@@ -180,9 +184,9 @@ def _peak(solver, big_b, big_d, span, tau_m, tau_s):
 
 
 def _decays(gap, tau_m, tau_s):
-    """Per-input factors of the prefix recurrence ``B' = a B + w``, ``D' = b D + c B``."""
+    """Per-input factors of the prefix recurrence ``B' = a B + w``, ``D' = b D + c B`` (``gap >= 0``)."""
     alpha = jnp.exp(-gap / tau_s)
-    return alpha, jnp.exp(-gap / tau_m), psp_kernel(gap, tau_m, tau_s)
+    return alpha, jnp.exp(-gap / tau_m), psp_kernel_unmasked(gap, tau_m, tau_s)
 
 
 def _gaps(ts):
@@ -204,43 +208,89 @@ def _sorted_rows_by_int_keys(t, weights):
     return jax.lax.bitcast_convert_type(bits, t.dtype), jnp.zeros_like(weights).at[rank].add(weights)
 
 
-def _sorted_rows(t, weights):
-    """Input times in ascending order with their weight rows (CPU: `_sorted_rows_by_int_keys`)."""
+def _compose(first, second):
+    """Two steps of the prefix recurrence as one: apply ``first``, then ``second``.
 
-    def portable(t, weights):
-        order = jnp.argsort(t)
-        return t[order], weights[order]
-
-    return jax.lax.platform_dependent(t, weights, cpu=_sorted_rows_by_int_keys, default=portable)
-
-
-def _causal_prefix_parallel(solver, ts, rows, tau_m, tau_s, theta_c):
-    """All prefixes at once: `jax.lax.associative_scan` of the affine recurrence (log depth).
-
-    ``ts`` are the sorted times and ``rows`` their weight rows (`_sorted_rows`). Same result as
-    `_causal_prefix`; faster for narrow layers, where a sequential scan would be dominated by
-    per-step overhead. Memory O(n_in n_out) per sample.
+    A step ``(a, b, g, w, d)`` maps ``(B, D)`` to ``(a B + w, b D + g B + d)`` (`_decays`).
     """
-    finite, gap, span = _gaps(ts)
-    tau_m, tau_s, theta_c = _row(tau_m), _row(tau_s), _row(theta_c)
+    a1, b1, g1, w1, d1 = first
+    a2, b2, g2, w2, d2 = second
+    return a1 * a2, b1 * b2, g2 * a1 + b2 * g1, a2 * w1 + w2, g2 * w1 + b2 * d1 + d2
+
+
+def _prefix_block(solver, ts, gap, span, finite, rows, b0, d0, tau_m, tau_s, theta_c):
+    """Every prefix of a block of sorted inputs at once, from the state ``(b0, d0)`` before it.
+
+    `jax.lax.associative_scan` (log depth) of the block's steps, then the first prefix whose
+    interval holds a crossing. ``tau_m, tau_s, theta_c`` as rows (`_row`). Returns whether one does,
+    its time, ``B``, ``D`` and peak, and the state after the block.
+    """
     alpha, beta, gamma = _decays(gap[:, None], tau_m, tau_s)
     w = jnp.where(finite[:, None], rows, 0.0)
     elems = tuple(jnp.broadcast_to(e, w.shape) for e in (alpha, beta, gamma, w, jnp.zeros_like(w)))
-
-    def compose(first, second):  # apply `first`, then `second`
-        a1, b1, g1, w1, d1 = first
-        a2, b2, g2, w2, d2 = second
-        return a1 * a2, b1 * b2, g2 * a1 + b2 * g1, a2 * w1 + w2, g2 * w1 + b2 * d1 + d2
-
-    *_, big_b, big_d = jax.lax.associative_scan(compose, elems, axis=0)
+    a, b, g, w_sum, d_sum = jax.lax.associative_scan(_compose, elems, axis=0)
+    b0, d0 = b0[None, :], d0[None, :]
+    big_b, big_d = a * b0 + w_sum, b * d0 + g * b0 + d_sum
     peak, u_peak = _peak(solver, big_b, big_d, span[:, None], tau_m, tau_s)
     crosses = finite[:, None] & (big_b > 0) & (u_peak >= theta_c)
     k = jnp.argmax(crosses, axis=0)[None, :]
 
-    def pick(a):
-        return jnp.take_along_axis(jnp.broadcast_to(a, crosses.shape), k, axis=0)[0]
+    def pick(x):
+        return jnp.take_along_axis(jnp.broadcast_to(x, crosses.shape), k, axis=0)[0]
 
-    return jnp.any(crosses, axis=0), pick(ts[:, None]), pick(big_b), pick(big_d), pick(peak)
+    found = (jnp.any(crosses, axis=0), pick(ts[:, None]), pick(big_b), pick(big_d), pick(peak))
+    return found, (big_b[-1], big_d[-1])
+
+
+def _causal_prefix_parallel(solver, ts, rows, tau_m, tau_s, theta_c):
+    """All prefixes at once (`_prefix_block` of the whole input): log depth, no sequential steps.
+
+    ``ts`` are the sorted times and ``rows`` their weight rows (`_sorted_rows_by_int_keys`). Same result as
+    `_causal_prefix`; faster for narrow layers, where a sequential scan would be dominated by
+    per-step overhead. Memory O(n_in n_out) per sample.
+    """
+    finite, gap, span = _gaps(ts)
+    zeros = jnp.zeros(rows.shape[1:], rows.dtype)
+    found, _ = _prefix_block(solver, ts, gap, span, finite, rows, zeros, zeros, *map(_row, (tau_m, tau_s, theta_c)))
+    return found
+
+
+def _causal_prefix_chunked(solver, ts, order, weights, tau_m, tau_s, theta_c, chunk: int):
+    """`_causal_prefix` taking ``chunk`` sorted inputs per step, each chunk by `_prefix_block`.
+
+    ``chunk = 1`` is the one-input walk, ``chunk >= n_in`` the all-prefix search; between them
+    ``ceil(n_in / chunk)`` sequential steps and O(chunk n_out) memory per sample. Padding inputs
+    are silent: a step with no weight and no gap leaves the state as it is.
+    """
+    n_in, n_out = weights.shape
+    chunk = max(1, min(chunk, n_in))
+    pad = -n_in % chunk
+    finite, gap, span = _gaps(ts)
+
+    def blocks(x, fill):
+        return jnp.concatenate([x, jnp.full((pad,), fill, x.dtype)]).reshape(-1, chunk)
+
+    xs = (blocks(ts, jnp.inf), blocks(gap, 0), blocks(span, jnp.inf), blocks(finite, False), blocks(order, 0))
+    rows_params = tuple(map(_row, (tau_m, tau_s, theta_c)))
+
+    def step(carry, block):
+        state, (fired, t_k, b_k, d_k, x_k) = carry
+        t, g, sp, fin, idx = block
+        (new, t_n, b_n, d_n, x_n), state = _prefix_block(solver, t, g, sp, fin, weights[idx], *state, *rows_params)
+        new = new & ~fired
+        found = (
+            fired | new,
+            jnp.where(new, t_n, t_k),
+            jnp.where(new, b_n, b_k),
+            jnp.where(new, d_n, d_k),
+            jnp.where(new, x_n, x_k),
+        )
+        return (state, found), None
+
+    zeros = jnp.zeros((n_out,), weights.dtype)
+    init = ((zeros, zeros), (jnp.zeros((n_out,), bool), zeros, zeros, zeros, zeros))
+    (_, found), _ = jax.lax.scan(step, init, xs)
+    return found
 
 
 def _causal_prefix(solver, ts, order, weights, tau_m, tau_s, theta_c):
@@ -275,6 +325,35 @@ def _causal_prefix(solver, ts, order, weights, tau_m, tau_s, theta_c):
     init = (zeros, zeros, jnp.zeros(zeros.shape, bool), zeros, zeros, zeros, zeros)
     (_, _, fired, t_k, b_k, d_k, x_k), _ = jax.lax.scan(step, init, (ts, gap, span, finite, order))
     return fired, t_k, b_k, d_k, x_k
+
+
+def _search_cpu(solver, input_times, weights, tau_m, tau_s, theta_c):
+    """The causal prefix on CPU: narrow layers all prefixes at once, wide ones one input per step."""
+    if weights.shape[1] <= PARALLEL_MAX_OUT:
+        ts, rows = _sorted_rows_by_int_keys(input_times, weights)
+        return _causal_prefix_parallel(solver, ts, rows, tau_m, tau_s, theta_c)
+    order = _argsort(input_times)
+    return _causal_prefix(solver, input_times[order], order, weights, tau_m, tau_s, theta_c)
+
+
+def _search_chunked(solver, input_times, weights, tau_m, tau_s, theta_c):
+    """The causal prefix elsewhere (GPU, TPU): ``CHUNK`` inputs per step, as each step is a launch."""
+    order = jnp.argsort(input_times).astype(jnp.int32)
+    return _causal_prefix_chunked(solver, input_times[order], order, weights, tau_m, tau_s, theta_c, CHUNK)
+
+
+def _search_pallas(solver, input_times, weights, tau_m, tau_s, theta_c, *, interpret: bool = False):
+    """The causal prefix from the Pallas kernel (`fsnn.core.prefix_kernel`; ``interpret`` for tests)."""
+    from fsnn.core.prefix_kernel import causal_prefix_kernel
+
+    order = jnp.argsort(input_times).astype(jnp.int32)
+    return causal_prefix_kernel(solver, input_times[order], order, weights, tau_m, tau_s, theta_c, interpret=interpret)
+
+
+def _search_cuda(solver, input_times, weights, tau_m, tau_s, theta_c):
+    """The causal prefix on CUDA GPUs: the Pallas kernel (float32, ``PALLAS``), else `_search_chunked`."""
+    search = _search_pallas if PALLAS and weights.dtype == jnp.float32 else _search_chunked
+    return search(solver, input_times, weights, tau_m, tau_s, theta_c)
 
 
 # Each solver returns the crossing x in [0, peak] (peak in the solver's variable, see `_peak`).
@@ -328,14 +407,13 @@ def _forward(solver: str, input_times, weights, params: LIFParams):
     elif solver == "quadratic":
         params = params._replace(tau_m=2.0 * params.tau_s)
     theta_c = params.capacitance * (params.threshold - params.e_leak)
-    # Narrow layers: all prefixes in parallel; wide layers: one sequential pass, O(n_out) memory.
-    if weights.shape[1] <= PARALLEL_MAX_OUT:
-        ts, rows = _sorted_rows(input_times, weights)
-        prefix = _causal_prefix_parallel(solver, ts, rows, params.tau_m, params.tau_s, theta_c)
-    else:
-        order = _argsort(input_times)
-        prefix = _causal_prefix(solver, input_times[order], order, weights, params.tau_m, params.tau_s, theta_c)
-    fired, t_k, b, d, peak = prefix
+    fired, t_k, b, d, peak = jax.lax.platform_dependent(
+        input_times,
+        weights,
+        cpu=lambda t, w: _search_cpu(solver, t, w, params.tau_m, params.tau_s, theta_c),
+        cuda=lambda t, w: _search_cuda(solver, t, w, params.tau_m, params.tau_s, theta_c),
+        default=lambda t, w: _search_chunked(solver, t, w, params.tau_m, params.tau_s, theta_c),
+    )
     # Neurons without a spike get harmless stand-ins (double-where: no nan anywhere).
     b = jnp.where(fired, b, 1.0)
     d = jnp.where(fired, d, 0.0)
