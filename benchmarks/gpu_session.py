@@ -13,9 +13,15 @@ sorted inputs ``CHUNK`` at a time, see `fsnn.core.spike_time`): ``chunkN`` with 
 (`dense_mask_layer`, tau_m = tau_s only) no sort at all: every prefix sum as one causal-mask matrix
 product. On a CPU (``--smoke``) the variants all take the CPU path: the rehearsal checks the script.
 
+Sections (``--sections a,b``; default all, in this order): ``variants``; ``mnist16_<search>`` and
+``mnist_<search>``, two training epochs per prefix search; ``bench_float32``,
+``bench_float32_pallas``; ``yinyang`` and ``full_<experiment>`` (mnist16, mnist, fashion_mnist):
+whole `fsnn train` runs, results and per-epoch metrics in the report; ``bench_float64``.
+
 Here, once (the originals travel in a git-ignored folder named in the device call's ``carry``)::
 
-    mkdir -p .data && cp -r ../shared/data/mnist .data/ && echo /.data/ >> .git/info/exclude
+    mkdir -p .data && cp -r ../shared/data/mnist ../shared/data/fashion_mnist .data/
+    echo /.data/ >> .git/info/exclude
     python benchmarks/gpu_session.py --data-dir ../shared/data --out /tmp/gpu --smoke   # rehearsal, CPU
 
 On the device (``carry: [".data"]``; jax, flax, optax, orbax, jaxtyping are installed there)::
@@ -183,17 +189,27 @@ def variants(sizes: tuple[int, ...], batch: int, repeats: int) -> dict[str, Any]
     return rows
 
 
-def yinyang_run(epochs: int | None) -> dict[str, Any]:
-    """`train_and_evaluate` of the paper's Yin-Yang config; wall seconds include compilation."""
-    config = load_config("yinyang")
+def full_run(name: str, data_dir: Path, epochs: int | None) -> dict[str, Any]:
+    """`fsnn train NAME` as it runs anywhere (`train_and_evaluate`: validation every epoch, the
+    best-validation weights tested), images read from the originals (no TFDS on the device).
+
+    Wall seconds include compilation; the results and every epoch's metrics come back in the report.
+    """
+    from fsnn.train import loop
+
+    config = load_config(name)
     if epochs:
         config = dataclasses.replace(config, epochs=epochs)
-    with tempfile.TemporaryDirectory() as workdir:
+    with tempfile.TemporaryDirectory() as workdir, contextlib.ExitStack() as stack:
+        saved = loop.load_images
+        loop.load_images = lambda base, data_dir: read_originals(base, data_dir)
+        stack.callback(setattr, loop, "load_images", saved)
         start = time.perf_counter()
-        results = train_and_evaluate(config, workdir, quiet=True, figures=False)
+        results = train_and_evaluate(config, workdir, quiet=True, figures=False, data_dir=data_dir)
         wall = time.perf_counter() - start
-    keys = ("test_accuracy", "epochs", "train_seconds", "train_samples_per_second")
-    return {"wall_seconds": wall, **{k: results[k] for k in keys}}
+        metrics = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    keep = ("epoch", "train_accuracy", "val_accuracy", "seconds", "bumps")
+    return {"wall_seconds": wall, "results": results, "metrics": [{k: m.get(k) for k in keep} for m in metrics]}
 
 
 def bench_rows(networks, dtype: str, smoke: bool, deadline: float, pallas: bool = False) -> dict[str, Any]:
@@ -232,6 +248,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path, help="where gpu_session.json goes")
     parser.add_argument("--budget", type=float, default=420.0, help="no section starts after this many seconds")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: rehearse the script on a CPU")
+    parser.add_argument("--sections", help="comma-separated sections to run (default: all, in order)")
     args = parser.parse_args()
     smoke = args.smoke
     begin = time.perf_counter()
@@ -253,9 +270,18 @@ def main() -> None:
         },
         "bench_float32": lambda: bench_rows(networks, "float32", smoke, deadline),
         "bench_float32_pallas": lambda: bench_rows(networks, "float32", smoke, deadline, pallas=True),
-        "yinyang": lambda: yinyang_run(3 if smoke else None),
+        "yinyang": lambda: full_run("yinyang", args.data_dir, 3 if smoke else None),
+        **{
+            f"full_{name}": lambda name=name: full_run(name, args.data_dir, 1 if smoke else None)
+            for name in ("mnist16", "mnist", "fashion_mnist")
+        },
         "bench_float64": lambda: bench_rows(networks, "float64", smoke, deadline),
     }
+    if args.sections:
+        unknown = set(args.sections.split(",")) - set(sections)
+        if unknown:
+            parser.error(f"--sections: unknown {sorted(unknown)}; known: {', '.join(sections)}")
+        sections = {k: v for k, v in sections.items() if k in args.sections.split(",")}
     args.out.mkdir(parents=True, exist_ok=True)
     for name, run in sections.items():
         start = time.perf_counter()
@@ -270,7 +296,9 @@ def main() -> None:
         report[name]["section_seconds"] = time.perf_counter() - start
         print(f"== {name} ({report[name]['section_seconds']:.1f} s, at {start - begin:.0f} s)", flush=True)
         (args.out / "gpu_session.json").write_text(json.dumps(report, indent=2))
-    rows = [r for s in ("bench_float32", "bench_float32_pallas", "bench_float64") for r in report[s].get("rows", [])]
+    rows = [
+        r for s in ("bench_float32", "bench_float32_pallas", "bench_float64") for r in report.get(s, {}).get("rows", [])
+    ]
     done = [dict(r, network=f"{r['network']} ({r['search']})") for r in rows if "inference_images_per_s" in r]
     if done:
         date = time.strftime("%Y-%m-%d")
@@ -286,9 +314,14 @@ def main() -> None:
                 f"(batch {r['batch_size']}, {r['train_images']} images), test {100 * r['test_accuracy']:.2f} %, "
                 f"test eval {r['test_eval_seconds']:.3f} s"
             )
-    if "wall_seconds" in report["yinyang"]:
-        r = report["yinyang"]
-        print(f"yinyang {r['epochs']} epochs: {r['wall_seconds']:.1f} s wall, test {100 * r['test_accuracy']:.2f} %")
+    for name, r in report.items():
+        if isinstance(r, dict) and "results" in r:
+            res = r["results"]
+            print(
+                f"{name}: {res['epochs']} epochs, {r['wall_seconds']:.1f} s wall, "
+                f"test {100 * res['test_accuracy']:.2f} % (best validation {100 * res['best_val_accuracy']:.2f} %, "
+                f"final-epoch test {100 * res['final_test_accuracy']:.2f} %)"
+            )
     print(f"total {time.perf_counter() - begin:.0f} s")
 
 

@@ -423,7 +423,8 @@ def test_sequential_and_parallel_prefix_search_agree(params, solver, monkeypatch
 def test_pallas_kernel_matches_the_walk_in_float32(params, solver):
     """The GPU kernel (interpret mode) finds the sequential walk's prefixes in float32, the dtype it runs in.
 
-    Per-neuron thresholds, sizes that are not powers of two (the kernel pads them), silent inputs.
+    Per-neuron thresholds (and membrane time constants for ``root``), sizes that are not powers of
+    two (the kernel pads them), silent inputs.
     """
     from fsnn.core.prefix_kernel import causal_prefix_kernel
     from fsnn.core.spike_time import _causal_prefix
@@ -433,7 +434,9 @@ def test_pallas_kernel_matches_the_walk_in_float32(params, solver):
     w = jnp.asarray(rng.normal(0.1, 0.5, (37, 21)), jnp.float32)
     theta_c = jnp.asarray(rng.uniform(0.8, 1.2, 21), jnp.float32) * params.g_leak * params.tau_m
     theta_c = theta_c * (params.threshold - params.e_leak)
-    tau_m = params.tau_s if solver == "lambertw" else params.tau_m
+    tau_m = {"lambertw": params.tau_s, "quadratic": params.tau_m}.get(solver)
+    if solver == "root":
+        tau_m = params.tau_m * jnp.asarray(rng.uniform(0.8, 1.25, 21), jnp.float32)
 
     def both(ti):
         order = jnp.argsort(ti).astype(jnp.int32)
