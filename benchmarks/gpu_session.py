@@ -1,4 +1,4 @@
-"""One prepared GPU session: the `fsnn bench` table, short image training, GPU variants, Yin-Yang.
+"""One prepared GPU session: whole training runs, the `fsnn bench` table, prefix-search variants.
 
 Written for the lent device (one H100, 15 minutes of device time per session, starts included):
 every check in one command, in order of priority, each section (and each benchmark row) timed
@@ -13,10 +13,12 @@ sorted inputs ``CHUNK`` at a time, see `fsnn.core.spike_time`): ``chunkN`` with 
 (`dense_mask_layer`, tau_m = tau_s only) no sort at all: every prefix sum as one causal-mask matrix
 product. On a CPU (``--smoke``) the variants all take the CPU path: the rehearsal checks the script.
 
-Sections (``--sections a,b``; default all, in this order): ``variants``; ``mnist16_<search>`` and
-``mnist_<search>``, two training epochs per prefix search; ``bench_float32``,
-``bench_float32_pallas``; ``yinyang`` and ``full_<experiment>`` (mnist16, mnist, fashion_mnist):
-whole `fsnn train` runs, results and per-epoch metrics in the report; ``bench_float64``.
+Sections (``--sections a,b``; default all, in this order): ``kernel_tuning`` (bss2 inference
+per Triton launch setting; first-layer sort and kernel timed apart); ``full_<experiment>`` (mnist,
+fashion_mnist, mnist16) and ``yinyang``: whole `fsnn train` runs, results and per-epoch metrics in
+the report; ``bench_float32`` (the kernel), ``bench_float64``; ``sweep_yinyang`` (10 seeds of 100
+epochs in one `fsnn sweep` vs one after another, issue 6); ``variants``; ``mnist16_<search>``
+and ``mnist_<search>``, two training epochs per prefix search; ``bench_float32_chunk64``.
 
 Here, once (the originals travel in a git-ignored folder named in the device call's ``carry``)::
 
@@ -26,7 +28,7 @@ Here, once (the originals travel in a git-ignored folder named in the device cal
 
 On the device (``carry: [".data"]``; jax, flax, optax, orbax, jaxtyping are installed there)::
 
-    PYTHONUNBUFFERED=1 python3 benchmarks/gpu_session.py --data-dir .data --out $OUT --budget 330
+    PYTHONUNBUFFERED=1 python3 benchmarks/gpu_session.py --data-dir .data --out $OUT --budget 420
 """
 
 from __future__ import annotations
@@ -189,6 +191,53 @@ def variants(sizes: tuple[int, ...], batch: int, repeats: int) -> dict[str, Any]
     return rows
 
 
+def kernel_tuning(batch: int, repeats: int) -> dict[str, Any]:
+    """bss2 inference images/s per Triton launch setting, and where the time goes (sort vs kernel)."""
+    from fsnn.core import prefix_kernel
+
+    net = SpikingNetwork(256, (246, 10), init=((0.1, 0.4), (0.6, 0.8)), bias_times=(), rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(net)
+    x = jax.random.uniform(jax.random.key(2), (batch, 256), jnp.float32, 0.15, 2.0)
+    x = jnp.where(jax.random.uniform(jax.random.key(3), x.shape) < 0.2, jnp.inf, x)
+    w = net.layers[0].kernel[...]
+    rows: dict[str, Any] = {"batch": batch}
+
+    def sort_only(x):  # what the kernel's caller does before it, for the first layer
+        order = jnp.argsort(x, axis=1).astype(jnp.int32)
+        return jnp.take_along_axis(x, order, axis=1), order
+
+    interpret = jax.default_backend() != "gpu"  # a CPU rehearsal
+
+    def layer_kernel(ts, order):
+        def one(t, o):
+            return prefix_kernel.causal_prefix_kernel("lambertw", t, o, w, 1.0, 1.0, 1.0, interpret=interpret)
+
+        return jax.vmap(one)(ts, order)
+
+    timings = {}
+    for name, fn, args in (("sort_256", sort_only, (x,)), ("kernel_256_246", layer_kernel, sort_only(x))):
+        compiled = jax.jit(fn).lower(*args).compile()
+        jax.block_until_ready(compiled(*args))
+        timings[name] = median_seconds(compiled, *args, repeats=repeats)
+    rows["seconds_per_batch"] = timings
+    for warps in (None, 2, 4, 8):
+        for stages in (1, 2, 3):
+            saved = prefix_kernel.NUM_WARPS, prefix_kernel.NUM_STAGES
+            prefix_kernel.NUM_WARPS, prefix_kernel.NUM_STAGES = warps, stages
+            try:
+                compiled = jax.jit(lambda s, x: batched(graphdef, s, x)[-1]).lower(state, x).compile()
+                jax.block_until_ready(compiled(state, x))
+                rows[f"warps{warps or 'auto'}_stages{stages}"] = batch / median_seconds(
+                    compiled, state, x, repeats=repeats
+                )
+            except Exception as error:
+                rows[f"warps{warps or 'auto'}_stages{stages}"] = repr(error)[:200]
+            finally:
+                prefix_kernel.NUM_WARPS, prefix_kernel.NUM_STAGES = saved
+    print(f"   kernel tuning: {rows}", flush=True)
+    return rows
+
+
 def full_run(name: str, data_dir: Path, epochs: int | None) -> dict[str, Any]:
     """`fsnn train NAME` as it runs anywhere (`train_and_evaluate`: validation every epoch, the
     best-validation weights tested), images read from the originals (no TFDS on the device).
@@ -210,6 +259,32 @@ def full_run(name: str, data_dir: Path, epochs: int | None) -> dict[str, Any]:
         metrics = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
     keep = ("epoch", "train_accuracy", "val_accuracy", "seconds", "bumps")
     return {"wall_seconds": wall, "results": results, "metrics": [{k: m.get(k) for k in keep} for m in metrics]}
+
+
+def seeds_swept_and_one_by_one(seeds: int, epochs: int) -> dict[str, Any]:
+    """Issue 6 on the device: ``seeds`` Yin-Yang runs in one `fsnn sweep` vs one after another (wall s)."""
+    from fsnn.train.sweep import expand_grid, sweep
+
+    base = dataclasses.replace(load_config("yinyang"), epochs=epochs, checkpoint_every=0)
+    configs = expand_grid(base, seeds, {})
+    start = time.perf_counter()
+    rows, _ = sweep(configs, base=base, quiet=True)
+    swept = time.perf_counter() - start
+    start = time.perf_counter()
+    alone = []
+    for config in configs:
+        with tempfile.TemporaryDirectory() as workdir:
+            alone.append(train_and_evaluate(config, workdir, quiet=True, figures=False)["test_accuracy"])
+    one_by_one = time.perf_counter() - start
+    return {
+        "seeds": seeds,
+        "epochs": epochs,
+        "swept_seconds": swept,
+        "one_by_one_seconds": one_by_one,
+        "speedup": one_by_one / swept,
+        "swept_test_accuracy": [r["test_accuracy"] for r in rows],
+        "alone_test_accuracy": alone,
+    }
 
 
 def bench_rows(networks, dtype: str, smoke: bool, deadline: float, pallas: bool = False) -> dict[str, Any]:
@@ -235,7 +310,7 @@ def bench_rows(networks, dtype: str, smoke: bool, deadline: float, pallas: bool 
         except Exception as error:
             traceback.print_exc()
             row = {"network": name, "dtype": dtype, "error": repr(error)[:400]}
-        row["search"] = "pallas" if pallas else f"chunk{spike_time.CHUNK}"
+        row["search"] = "pallas" if pallas and dtype == "float32" else f"chunk{spike_time.CHUNK}"
         row["row_seconds"] = time.perf_counter() - start
         rows.append(row)
         print(f"   bench {json.dumps(row)}", flush=True)
@@ -259,6 +334,15 @@ def main() -> None:
     networks = ("bss2", "mnist16") if smoke else ("bss2", "mnist16", "yinyang", "mnist")
     n16, n28 = (1000, 500) if smoke else (None, None)
     sections: dict[str, Callable[[], dict[str, Any]]] = {
+        "kernel_tuning": lambda: kernel_tuning(64 if smoke else 65536, 2 if smoke else 5),
+        **{
+            f"full_{name}": lambda name=name: full_run(name, args.data_dir, 1 if smoke else None)
+            for name in ("mnist", "fashion_mnist", "mnist16")
+        },
+        "bench_float32": lambda: bench_rows(networks, "float32", smoke, deadline, pallas=True),
+        "yinyang": lambda: full_run("yinyang", args.data_dir, 3 if smoke else None),
+        "bench_float64": lambda: bench_rows(networks, "float64", smoke, deadline),
+        "sweep_yinyang": lambda: seeds_swept_and_one_by_one(2 if smoke else 10, 2 if smoke else 100),
         "variants": lambda: variants((246, 10), 64 if smoke else 16384, 2 if smoke else 5),
         **{
             f"mnist16_{v}": lambda v=v: image_epochs("mnist16", args.data_dir, 1 if smoke else 2, n16, v)
@@ -268,14 +352,7 @@ def main() -> None:
             f"mnist_{v}": lambda v=v: image_epochs("mnist", args.data_dir, 1 if smoke else 2, n28, v)
             for v in ("chunk64", "pallas")
         },
-        "bench_float32": lambda: bench_rows(networks, "float32", smoke, deadline),
-        "bench_float32_pallas": lambda: bench_rows(networks, "float32", smoke, deadline, pallas=True),
-        "yinyang": lambda: full_run("yinyang", args.data_dir, 3 if smoke else None),
-        **{
-            f"full_{name}": lambda name=name: full_run(name, args.data_dir, 1 if smoke else None)
-            for name in ("mnist16", "mnist", "fashion_mnist")
-        },
-        "bench_float64": lambda: bench_rows(networks, "float64", smoke, deadline),
+        "bench_float32_chunk64": lambda: bench_rows(networks, "float32", smoke, deadline),
     }
     if args.sections:
         unknown = set(args.sections.split(",")) - set(sections)
@@ -322,6 +399,12 @@ def main() -> None:
                 f"test {100 * res['test_accuracy']:.2f} % (best validation {100 * res['best_val_accuracy']:.2f} %, "
                 f"final-epoch test {100 * res['final_test_accuracy']:.2f} %)"
             )
+    r = report.get("sweep_yinyang", {})
+    if "speedup" in r:
+        print(
+            f"yinyang {r['seeds']} seeds x {r['epochs']} epochs: swept {r['swept_seconds']:.1f} s, one by one "
+            f"{r['one_by_one_seconds']:.1f} s (x{r['speedup']:.2f})"
+        )
     print(f"total {time.perf_counter() - begin:.0f} s")
 
 

@@ -22,6 +22,11 @@ from fsnn.core.spike_time import _decays, _gaps, _peak
 
 __all__ = ["causal_prefix_kernel"]
 
+# Triton launch settings: warps per program (``None``: one per 64 neurons, 1 to 8) and software-
+# pipelining stages of the input loop. Measured on an H100 only with these values (BENCHMARKS.md).
+NUM_WARPS: int | None = None
+NUM_STAGES = 1
+
 
 def _pow2(n: int) -> int:
     return max(16, 1 << (n - 1).bit_length())
@@ -102,7 +107,8 @@ def causal_prefix_kernel(
     if not interpret:
         from jax.experimental.pallas import triton as plgpu
 
-        params = plgpu.CompilerParams(num_warps=max(1, min(8, width // 64)), num_stages=1)
+        warps = NUM_WARPS or max(1, min(8, width // 64))
+        params = plgpu.CompilerParams(num_warps=warps, num_stages=NUM_STAGES)
     fired, t_k, b, d, peak = pl.pallas_call(
         kernel, out_shape=shapes, interpret=interpret, compiler_params=params, name="fsnn_causal_prefix"
     )(*operands)
