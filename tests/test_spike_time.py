@@ -434,9 +434,9 @@ def test_pallas_kernel_matches_the_walk_in_float32(params, solver):
     w = jnp.asarray(rng.normal(0.1, 0.5, (37, 21)), jnp.float32)
     theta_c = jnp.asarray(rng.uniform(0.8, 1.2, 21), jnp.float32) * params.g_leak * params.tau_m
     theta_c = theta_c * (params.threshold - params.e_leak)
-    tau_m = {"lambertw": params.tau_s, "quadratic": params.tau_m}.get(solver)
+    tau_m = params.tau_s if solver == "lambertw" else params.tau_m
     if solver == "root":
-        tau_m = params.tau_m * jnp.asarray(rng.uniform(0.8, 1.25, 21), jnp.float32)
+        tau_m = tau_m * jnp.asarray(rng.uniform(0.8, 1.25, 21), jnp.float32)
 
     def both(ti):
         order = jnp.argsort(ti).astype(jnp.int32)

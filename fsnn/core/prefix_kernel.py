@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jaxtyping import Array, Float, Int
 
-from fsnn.core.spike_time import _decays, _gaps, _peak
+from fsnn.core.spike_time import _gaps, _walk_step
 
 __all__ = ["causal_prefix_kernel"]
 
@@ -76,16 +76,16 @@ def causal_prefix_kernel(
     )
 
     def kernel(t_ref, gap_ref, span_ref, fin_ref, order_ref, w_ref, tau_m_ref, tau_s_ref, theta_ref, *out_refs):
+        # The step of `_causal_prefix` (`_walk_step`); ``fired`` is int32 here, as run on the H100.
         tau_m, tau_s, theta = tau_m_ref[...], tau_s_ref[...], theta_ref[...]
 
         def step(k, carry):
             big_b, big_d, fired, t_k, b_k, d_k, x_k = carry
-            fin = fin_ref[k] > 0
-            alpha, beta, gamma = _decays(gap_ref[k], tau_m, tau_s)
-            big_d = beta * big_d + gamma * big_b
-            big_b = alpha * big_b + jnp.where(fin, w_ref[order_ref[k], :], 0.0)
-            x_peak, u_peak = _peak(solver, big_b, big_d, span_ref[k], tau_m, tau_s)
-            new = fin & (fired == 0) & (big_b > 0) & (u_peak >= theta)
+            row = w_ref[order_ref[k], :]
+            big_b, big_d, x_peak, crosses = _walk_step(
+                solver, big_b, big_d, gap_ref[k], span_ref[k], fin_ref[k] > 0, row, tau_m, tau_s, theta
+            )
+            new = crosses & (fired == 0)
             return (
                 big_b,
                 big_d,

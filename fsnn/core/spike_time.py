@@ -293,6 +293,15 @@ def _causal_prefix_chunked(solver, ts, order, weights, tau_m, tau_s, theta_c, ch
     return found
 
 
+def _walk_step(solver, big_b, big_d, gap, span, finite, row, tau_m, tau_s, theta_c):
+    """One input of the walk: ``B, D`` after it, the peak on its interval and whether that crosses."""
+    alpha, beta, gamma = _decays(gap, tau_m, tau_s)
+    big_d = beta * big_d + gamma * big_b
+    big_b = alpha * big_b + jnp.where(finite, row, 0.0)
+    x_peak, u_peak = _peak(solver, big_b, big_d, span, tau_m, tau_s)
+    return big_b, big_d, x_peak, finite & (big_b > 0) & (u_peak >= theta_c)
+
+
 def _causal_prefix(solver, ts, order, weights, tau_m, tau_s, theta_c):
     """Scan the sorted inputs once; return the first prefix whose interval holds a crossing.
 
@@ -306,11 +315,10 @@ def _causal_prefix(solver, ts, order, weights, tau_m, tau_s, theta_c):
     def step(carry, inputs):
         big_b, big_d, fired, t_k, b_k, d_k, x_k = carry
         t, g, sp, fin, row = inputs
-        alpha, beta, gamma = _decays(g, tau_m, tau_s)
-        big_d = beta * big_d + gamma * big_b
-        big_b = alpha * big_b + jnp.where(fin, weights[row], 0.0)
-        x_peak, u_peak = _peak(solver, big_b, big_d, sp, tau_m, tau_s)
-        new = fin & ~fired & (big_b > 0) & (u_peak >= theta_c)
+        big_b, big_d, x_peak, crosses = _walk_step(
+            solver, big_b, big_d, g, sp, fin, weights[row], tau_m, tau_s, theta_c
+        )
+        new = crosses & ~fired
         carry = (
             big_b,
             big_d,
