@@ -310,7 +310,6 @@ def bench_rows(networks, dtype: str, smoke: bool, deadline: float, pallas: bool 
         except Exception as error:
             traceback.print_exc()
             row = {"network": name, "dtype": dtype, "error": repr(error)[:400]}
-        row["search"] = "pallas" if pallas and dtype == "float32" else f"chunk{spike_time.CHUNK}"
         row["row_seconds"] = time.perf_counter() - start
         rows.append(row)
         print(f"   bench {json.dumps(row)}", flush=True)
@@ -376,7 +375,7 @@ def main() -> None:
     rows = [
         r for s in ("bench_float32", "bench_float32_pallas", "bench_float64") for r in report.get(s, {}).get("rows", [])
     ]
-    done = [dict(r, network=f"{r['network']} ({r['search']})") for r in rows if "inference_images_per_s" in r]
+    done = [r for r in rows if "inference_images_per_s" in r]
     if done:
         date = time.strftime("%Y-%m-%d")
         print(

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["NETWORKS", "run_benchmarks", "format_table", "write_json", "median_seconds"]
+__all__ = ["NETWORKS", "run_benchmarks", "format_table", "write_json", "median_seconds", "prefix_search"]
 
 # name: (dataset giving n_inputs / n_classes, hidden sizes, published batch, config overrides)
 NETWORKS: dict[str, tuple[str, tuple[int, ...], int, dict[str, Any]]] = {
@@ -26,6 +26,19 @@ NETWORKS: dict[str, tuple[str, tuple[int, ...], int, dict[str, Any]]] = {
     "bss2": ("mnist16", (246,), 50, {"bias_times": (), "init": ((0.1, 0.4), (0.6, 0.8))}),
     "mnist": ("mnist", (350,), 80, {"bias_times": (), "init": ((0.05, 0.8), (0.15, 0.8))}),
 }
+
+
+def prefix_search(dtype: str) -> str:
+    """Which causal-prefix search `fsnn.core.spike_time` runs for ``dtype`` on the default device."""
+    from fsnn.core import spike_time
+
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        return "cpu"  # all prefixes at once up to PARALLEL_MAX_OUT neurons, else one input per step
+    cuda = device.platform == "gpu" and "rocm" not in str(getattr(device.client, "platform_version", "")).lower()
+    if cuda and spike_time.PALLAS and dtype == "float32":
+        return "pallas"
+    return f"chunk{spike_time.CHUNK}"
 
 
 def median_seconds(fn, *args, repeats: int) -> float:
@@ -62,6 +75,7 @@ def bench_network(
         "published_batch": batch,
         "large_batch": large_batch,
         "inference_batch": inference_batch,
+        "prefix_search": prefix_search(dtype),
     }
     for label, size in (("train", batch), ("train_large", large_batch)):
         config = Config(name=name, dataset=dataset, hidden=hidden, batch_size=size, dtype=dtype, **overrides)
@@ -129,14 +143,15 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [
         f"device: {report['device']} ({report['machine']}), jax {report['jax']}, {report['date']}",
         "",
-        "| network | dtype | train samples/s (batch) | train samples/s (large batch) | inference images/s (batch) "
-        "| compile s | train temp MB |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| network | dtype | prefix search | train samples/s (batch) | train samples/s (large batch) "
+        "| inference images/s (batch) | compile s | train temp MB |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
         temp = f"{r['train_temp_bytes'] / 2**20:.1f}" if r.get("train_temp_bytes") is not None else "–"
         lines.append(
-            f"| {r['network']} | {r['dtype']} | {r['train_samples_per_s']:,.0f} ({r['published_batch']}) | "
+            f"| {r['network']} | {r['dtype']} | {r.get('prefix_search', '–')} | "
+            f"{r['train_samples_per_s']:,.0f} ({r['published_batch']}) | "
             f"{r['train_large_samples_per_s']:,.0f} ({r['large_batch']}) | "
             f"{r['inference_images_per_s']:,.0f} ({r.get('inference_batch', r['large_batch'])}) | "
             f"{r['compile_seconds']:.1f} | {temp} |"
