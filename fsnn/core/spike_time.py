@@ -424,10 +424,11 @@ def _forward(solver: str, input_times, weights, params: LIFParams):
     searches = {"cpu": _search_cpu, "cuda": _search_cuda, "default": _search_chunked}
     if not _accelerator_visible():  # every branch would be traced: ≈ 0.4 s per layer for nothing
         searches = {"default": _search_cpu}  # portable JAX, right on any platform
-    branches = {
-        name: functools.partial(lambda search, t, w: search(solver, t, w, params.tau_m, params.tau_s, theta_c), search)
-        for name, search in searches.items()
-    }
+
+    def branch(search):
+        return lambda t, w: search(solver, t, w, params.tau_m, params.tau_s, theta_c)
+
+    branches = {name: branch(search) for name, search in searches.items()}
     fired, t_k, b, d, peak = jax.lax.platform_dependent(input_times, weights, **branches)
     # Neurons without a spike get harmless stand-ins (double-where: no nan anywhere).
     b = jnp.where(fired, b, 1.0)
