@@ -36,7 +36,7 @@ def prefix_search(dtype: str) -> str:
     if device.platform == "cpu":
         return "cpu"  # all prefixes at once up to PARALLEL_MAX_OUT neurons, else one input per step
     cuda = device.platform == "gpu" and "rocm" not in str(getattr(device.client, "platform_version", "")).lower()
-    if cuda and spike_time.PALLAS and dtype == "float32":
+    if cuda and spike_time.kernel_on_cuda(dtype):
         return "pallas"
     return f"chunk{spike_time.CHUNK}"
 

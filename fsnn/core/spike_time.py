@@ -274,23 +274,22 @@ def _causal_prefix_chunked(solver, ts, order, weights, tau_m, tau_s, theta_c, ch
     rows_params = tuple(map(_row, (tau_m, tau_s, theta_c)))
 
     def step(carry, block):
-        state, (fired, t_k, b_k, d_k, x_k) = carry
+        state, found = carry
         t, g, sp, fin, idx = block
-        (new, t_n, b_n, d_n, x_n), state = _prefix_block(solver, t, g, sp, fin, weights[idx], *state, *rows_params)
-        new = new & ~fired
-        found = (
-            fired | new,
-            jnp.where(new, t_n, t_k),
-            jnp.where(new, b_n, b_k),
-            jnp.where(new, d_n, d_k),
-            jnp.where(new, x_n, x_k),
-        )
-        return (state, found), None
+        (crosses, *candidate), state = _prefix_block(solver, t, g, sp, fin, weights[idx], *state, *rows_params)
+        return (state, _keep_first(found, crosses, candidate)), None
 
     zeros = jnp.zeros((n_out,), weights.dtype)
     init = ((zeros, zeros), (jnp.zeros((n_out,), bool), zeros, zeros, zeros, zeros))
     (_, found), _ = jax.lax.scan(step, init, xs)
     return found
+
+
+def _keep_first(found, crosses, candidate):
+    """The first crossing prefix so far: ``found = (fired, t, B, D, peak)`` unless ``crosses`` is new here."""
+    fired, *kept = found
+    new = crosses & ~fired
+    return (fired | new, *(jnp.where(new, c, k) for c, k in zip(candidate, kept)))
 
 
 def _walk_step(solver, big_b, big_d, gap, span, finite, row, tau_m, tau_s, theta_c):
@@ -313,26 +312,16 @@ def _causal_prefix(solver, ts, order, weights, tau_m, tau_s, theta_c):
     zeros = jnp.zeros((weights.shape[1],), weights.dtype)
 
     def step(carry, inputs):
-        big_b, big_d, fired, t_k, b_k, d_k, x_k = carry
+        (big_b, big_d), found = carry
         t, g, sp, fin, row = inputs
         big_b, big_d, x_peak, crosses = _walk_step(
             solver, big_b, big_d, g, sp, fin, weights[row], tau_m, tau_s, theta_c
         )
-        new = crosses & ~fired
-        carry = (
-            big_b,
-            big_d,
-            fired | new,
-            jnp.where(new, t, t_k),
-            jnp.where(new, big_b, b_k),
-            jnp.where(new, big_d, d_k),
-            jnp.where(new, x_peak, x_k),
-        )
-        return carry, None
+        return ((big_b, big_d), _keep_first(found, crosses, (t, big_b, big_d, x_peak))), None
 
-    init = (zeros, zeros, jnp.zeros(zeros.shape, bool), zeros, zeros, zeros, zeros)
-    (_, _, fired, t_k, b_k, d_k, x_k), _ = jax.lax.scan(step, init, (ts, gap, span, finite, order))
-    return fired, t_k, b_k, d_k, x_k
+    init = ((zeros, zeros), (jnp.zeros(zeros.shape, bool), zeros, zeros, zeros, zeros))
+    (_, found), _ = jax.lax.scan(step, init, (ts, gap, span, finite, order))
+    return found
 
 
 def _search_cpu(solver, input_times, weights, tau_m, tau_s, theta_c):
@@ -358,9 +347,14 @@ def _search_pallas(solver, input_times, weights, tau_m, tau_s, theta_c, *, inter
     return causal_prefix_kernel(solver, input_times[order], order, weights, tau_m, tau_s, theta_c, interpret=interpret)
 
 
+def kernel_on_cuda(dtype) -> bool:
+    """Whether CUDA GPUs run the Pallas kernel for layers of ``dtype`` (else `_search_chunked`)."""
+    return PALLAS and jnp.dtype(dtype) == jnp.float32
+
+
 def _search_cuda(solver, input_times, weights, tau_m, tau_s, theta_c):
-    """The causal prefix on CUDA GPUs: the Pallas kernel (float32, ``PALLAS``), else `_search_chunked`."""
-    search = _search_pallas if PALLAS and weights.dtype == jnp.float32 else _search_chunked
+    """The causal prefix on CUDA GPUs: the Pallas kernel (`kernel_on_cuda`), else `_search_chunked`."""
+    search = _search_pallas if kernel_on_cuda(weights.dtype) else _search_chunked
     return search(solver, input_times, weights, tau_m, tau_s, theta_c)
 
 
