@@ -13,10 +13,10 @@ Algorithm (one sample, one layer; Göltz et al. 2021, Methods, made O(n_in n_out
    Both follow from a linear recurrence (an affine map per input): O(n_in n_out) work, no
    ``n_in x n_in`` mask. Wide layers run it as one sequential `jax.lax.scan` that keeps only the
    first crossing prefix (O(n_out) memory); narrow layers (``n_out <= PARALLEL_MAX_OUT``) scan
-   for the ``B, D`` of all prefixes and test them for a crossing at once. On GPUs and TPUs, where each step of a
-   sequential scan is a kernel launch, every layer takes ``CHUNK`` inputs per step instead, all
-   prefixes of a chunk at once (O(CHUNK n_out) memory); on CUDA GPUs a Pallas kernel does the
-   one-input walk in registers (`fsnn.core.prefix_kernel`, O(n_out) memory). On the prefix's
+   for the ``B, D`` of all prefixes and test them for a crossing at once. On GPUs and TPUs, where
+   each step of a sequential scan is a kernel launch, every layer takes ``CHUNK`` inputs per step
+   instead, all prefixes of a chunk at once (O(CHUNK n_out) memory); on CUDA GPUs a Pallas kernel
+   does the one-input walk in registers (`fsnn.core.prefix_kernel`, O(n_out) memory). On the prefix's
    interval ``t_k + x``, ``x in [0, t_{k+1} - t_k]``,
    :math:`U(x) = C(V - E_\ell) = D_k e^{-x/\tau_m} + B_k \kappa(x)`.
 2. ``U`` has at most one stationary point, a maximum, at (stable for every ``tau_m/tau_s``)
@@ -189,6 +189,12 @@ def _decays(gap, tau_m, tau_s):
     return alpha, jnp.exp(-gap / tau_m), psp_kernel_unmasked(gap, tau_m, tau_s)
 
 
+def _advance(big_b, big_d, decays, row):
+    """``B, D`` after one more input: the recurrence of `_decays` (``D`` takes the old ``B``)."""
+    alpha, beta, gamma = decays
+    return alpha * big_b + row, beta * big_d + gamma * big_b
+
+
 def _gaps(ts):
     """Gap to the previous sorted input and span to the next (``inf`` after the last finite one)."""
     finite = jnp.isfinite(ts)
@@ -265,9 +271,8 @@ def _causal_prefix_all(solver, ts, rows, tau_m, tau_s, theta_c):
     w = jnp.where(finite[:, None], rows, 0.0)
 
     def step(state, inputs):
-        big_b, big_d = state
-        a, b, g, row = inputs
-        state = a * big_b + row, b * big_d + g * big_b  # the recurrence of `_walk_step`
+        *decays, row = inputs
+        state = _advance(*state, decays, row)
         return state, state
 
     zeros = jnp.zeros(rows.shape[1:], rows.dtype)
@@ -314,9 +319,7 @@ def _keep_first(found, crosses, candidate):
 
 def _walk_step(solver, big_b, big_d, gap, span, finite, row, tau_m, tau_s, theta_c):
     """One input of the walk: ``B, D`` after it, the peak on its interval and whether that crosses."""
-    alpha, beta, gamma = _decays(gap, tau_m, tau_s)
-    big_d = beta * big_d + gamma * big_b
-    big_b = alpha * big_b + jnp.where(finite, row, 0.0)
+    big_b, big_d = _advance(big_b, big_d, _decays(gap, tau_m, tau_s), jnp.where(finite, row, 0.0))
     x_peak, u_peak = _peak(solver, big_b, big_d, span, tau_m, tau_s)
     return big_b, big_d, x_peak, finite & (big_b > 0) & (u_peak >= theta_c)
 
