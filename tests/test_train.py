@@ -118,3 +118,24 @@ def test_select_best_reports_the_best_validation_weights(tmp_path):
     test = trainer.evaluate(restored.params, *load_data(config)["test"])
     assert results["test_accuracy"] == pytest.approx(float(test["accuracy"]))
     assert "final_test_accuracy" in results
+
+
+def test_loss_sees_output_times_in_units_of_tau_s():
+    """xi and beta are multiples of tau_s (Göltz et al. 2021, eq. 8), so slower neurons keep the loss's shape."""
+    import jax.numpy as jnp
+
+    from fsnn.losses import mse_spike_time, ttfs_cross_entropy
+
+    times, label = jnp.asarray([8.0, 6.0, jnp.inf], jnp.float32), jnp.asarray(1, jnp.int32)
+    for loss in ("ttfs", "mse"):
+        config = dataclasses.replace(load_config("yinyang", smoke=True), tau_m=16.0, tau_s=16.0, loss=loss)
+        trainer = Trainer(config)
+        if loss == "ttfs":
+            expected = ttfs_cross_entropy(times / 16.0, label, xi=config.xi, alpha=config.alpha, beta=config.beta)
+            in_absolute_time = ttfs_cross_entropy(times, label, xi=config.xi, alpha=config.alpha, beta=config.beta)
+        else:
+            expected = mse_spike_time(times / 16.0, label, t_correct=1.5, t_wrong=2.5)
+            in_absolute_time = mse_spike_time(times, label, t_correct=1.5, t_wrong=2.5)
+        got = trainer.loss_fn(times, label, trainer.hp)
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+        assert abs(float(in_absolute_time) - float(got)) > 1.0

@@ -58,7 +58,7 @@ class Config:
     per_neuron: bool = False
     solver: str = "auto"
     dtype: str = "float32"
-    # loss
+    # loss (on output times in units of the output layer's tau_s: xi, beta, mse_targets scale with it)
     loss: str = "ttfs"
     xi: float = 0.2
     alpha: float = 0.005

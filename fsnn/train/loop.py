@@ -155,12 +155,24 @@ def standard_normal_kernels(config: Config) -> list[jax.Array]:
 
 
 def _sample_loss(config: Config):
-    """``loss(times [n_out], label, hp)`` for one sample; loss parameters come from ``hp``."""
+    """``loss(times [n_out], label, hp)`` for one sample; loss parameters come from ``hp``.
+
+    The losses see the output times in units of the output layer's ``tau_s`` (as in Göltz et al.
+    2021, eq. 8): ``xi``, ``beta`` and the MSE targets are multiples of ``tau_s``, so they keep
+    their meaning when the time constants change.
+    """
     if config.loss == "ttfs":
-        return lambda t, y, hp: ttfs_cross_entropy(
-            t, y, xi=hp["xi"], alpha=hp["alpha"], beta=hp["beta"], silent_loss=hp["silent_loss"]
-        )
-    return lambda t, y, hp: mse_spike_time(t, y, t_correct=hp["mse_targets"][0], t_wrong=hp["mse_targets"][1])
+
+        def loss(t, y, hp):
+            parameters = {k: hp[k] for k in ("xi", "alpha", "beta", "silent_loss")}
+            return ttfs_cross_entropy(t, y, **parameters)
+
+    else:
+
+        def loss(t, y, hp):
+            return mse_spike_time(t, y, t_correct=hp["mse_targets"][0], t_wrong=hp["mse_targets"][1])
+
+    return lambda t, y, hp: loss(t / hp["neuron"]["tau_s"][-1], y, hp)
 
 
 class Trainer:
