@@ -134,8 +134,9 @@ def test_loss_sees_output_times_in_units_of_tau_s():
             expected = ttfs_cross_entropy(times / 16.0, label, xi=config.xi, alpha=config.alpha, beta=config.beta)
             in_absolute_time = ttfs_cross_entropy(times, label, xi=config.xi, alpha=config.alpha, beta=config.beta)
         else:
-            expected = mse_spike_time(times / 16.0, label, t_correct=1.5, t_wrong=2.5)
-            in_absolute_time = mse_spike_time(times, label, t_correct=1.5, t_wrong=2.5)
+            targets = dict(zip(("t_correct", "t_wrong"), config.mse_targets))
+            expected = mse_spike_time(times / 16.0, label, **targets)
+            in_absolute_time = mse_spike_time(times, label, **targets)
         got = trainer.loss_fn(times, label, trainer.hp)
         np.testing.assert_allclose(got, expected, rtol=1e-6)
         assert abs(float(in_absolute_time) - float(got)) > 1.0
