@@ -116,7 +116,7 @@ def _sweep(args) -> int:
 def _eval(args) -> int:
     from fsnn.train.loop import evaluate_run
 
-    results = evaluate_run(Path(args.workdir), data_dir=args.data_dir)
+    results = evaluate_run(Path(args.workdir), data_dir=args.data_dir, best=args.best)
     print(json.dumps(results, indent=2))
     return 0
 
@@ -188,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="re-evaluate a saved run on its validation and test sets")
     ev.add_argument("workdir")
     ev.add_argument("--data-dir", help=DATA_DIR_HELP)
+    ev.add_argument(
+        "--best",
+        action="store_true",
+        help="the best-validation weights (kept by runs with select_best=true), not the latest checkpoint",
+    )
     ev.set_defaults(func=_eval)
     plot = sub.add_parser("plot", help="draw every standard figure of a run into WORKDIR/figures")
     plot.add_argument("workdir")

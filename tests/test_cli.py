@@ -26,6 +26,8 @@ def test_train_and_eval(tmp_path, capsys):
     assert json.loads((workdir / "config.json").read_text())["hidden"] == [16]
     assert main(["eval", str(workdir)]) == 0
     assert "test_accuracy" in capsys.readouterr().out
+    assert main(["eval", str(workdir), "--best"]) == 2  # kept only by runs with select_best
+    assert "select_best=true" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -113,11 +113,10 @@ def test_select_best_reports_the_best_validation_weights(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     best = max(rows, key=lambda r: r["val_accuracy"])  # the first of equal maxima
     assert results["best_epoch"] == best["epoch"] and results["best_val_accuracy"] == best["val_accuracy"]
-    trainer = Trainer(config)
-    restored = checkpoint.restore_latest(tmp_path / "run" / "best", trainer.init_state())
-    test = trainer.evaluate(restored.params, *load_data(config)["test"])
-    assert results["test_accuracy"] == pytest.approx(float(test["accuracy"]))
-    assert "final_test_accuracy" in results
+    again = evaluate_run(tmp_path / "run", best=True)  # `fsnn eval --best`
+    assert again["epoch"] == best["epoch"]
+    assert again["test_accuracy"] == pytest.approx(results["test_accuracy"])
+    assert evaluate_run(tmp_path / "run")["test_accuracy"] == pytest.approx(results["final_test_accuracy"])
 
 
 def test_loss_sees_output_times_in_units_of_tau_s():

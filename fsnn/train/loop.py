@@ -632,22 +632,33 @@ def _progress(total: int, initial: int, quiet: bool):
     return tqdm(total=total, initial=initial, unit="epoch", dynamic_ncols=True)
 
 
-def restore_run(workdir: str | Path) -> tuple[Config, Trainer, TrainState]:
-    """The config, a trainer and the latest checkpointed state of a run directory."""
+def restore_run(workdir: str | Path, *, best: bool = False) -> tuple[Config, Trainer, TrainState]:
+    """The config, a trainer and the latest checkpointed state of a run directory.
+
+    ``best``: the best-validation state instead, which runs with ``select_best`` keep in
+    ``workdir/best`` as they go (so an interrupted run has one too).
+    """
     workdir = Path(workdir)
     config_file = workdir / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file} not found: is {workdir} a run directory written by `fsnn train`?")
     config = Config.from_dict(json.loads(config_file.read_text()))
     _enable_dtype(config)
+    directory = workdir / ("best" if best else "checkpoints")
+    if best and not directory.is_dir():
+        raise FileNotFoundError(
+            f"{directory} not found: only runs with `select_best=true` keep their best-validation state; "
+            "evaluate the latest checkpoint instead (without --best)."
+        )
     trainer = Trainer(config)
-    state = checkpoint.restore_latest(workdir / "checkpoints", trainer.init_state())
+    state = checkpoint.restore_latest(directory, trainer.init_state())
     return config, trainer, state
 
 
-def evaluate_run(workdir: str | Path, *, data_dir: str | Path | None = None) -> dict[str, Any]:
-    """Re-evaluate the final checkpoint of a run directory on its validation and test sets."""
-    config, trainer, state = restore_run(workdir)
+def evaluate_run(workdir: str | Path, *, data_dir: str | Path | None = None, best: bool = False) -> dict[str, Any]:
+    """Re-evaluate the latest (or, with ``best``, the best-validation) checkpoint of a run directory
+    on its validation and test sets."""
+    config, trainer, state = restore_run(workdir, best=best)
     data = load_data(config, data_dir)
     out = {"epoch": int(state.epoch)}
     for split in ("validation", "test"):
