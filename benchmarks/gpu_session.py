@@ -15,7 +15,7 @@ product. On a CPU (``--smoke``) the variants all take the CPU path: the rehearsa
 
 Sections (``--sections a,b``; default all, in this order): ``kernel_tuning`` (bss2 inference
 per Triton launch setting; first-layer sort and kernel timed apart); ``full_<experiment>`` (mnist,
-fashion_mnist, mnist16) and ``yinyang``: whole `fsnn train` runs, results and per-epoch metrics in
+mnist_tau16, fashion_mnist, mnist16) and ``yinyang``: whole `fsnn train` runs, results and per-epoch metrics in
 the report; ``bench_float32`` (the kernel), ``bench_float64``; ``sweep_yinyang`` (10 seeds of 100
 epochs in one `fsnn sweep` vs one after another, issue 6); ``variants``; ``mnist16_<search>``
 and ``mnist_<search>``, two training epochs per prefix search; ``bench_float32_chunk64``.
@@ -336,7 +336,7 @@ def main() -> None:
         "kernel_tuning": lambda: kernel_tuning(64 if smoke else 65536, 2 if smoke else 5),
         **{
             f"full_{name}": lambda name=name: full_run(name, args.data_dir, 1 if smoke else None)
-            for name in ("mnist", "fashion_mnist", "mnist16")
+            for name in ("mnist", "mnist_tau16", "fashion_mnist", "mnist16")
         },
         "bench_float32": lambda: bench_rows(networks, "float32", smoke, deadline, pallas=True),
         "yinyang": lambda: full_run("yinyang", args.data_dir, 3 if smoke else None),
