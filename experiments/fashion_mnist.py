@@ -16,7 +16,7 @@ probes and full runs (BENCHMARKS.md, Fashion-MNIST):
   meaningful validation loss);
 - hidden max_missing 0.3 instead of 0.15 (the silent fraction sits at the threshold either way;
   at 0.3 far fewer batches are weight bumps, which take no optimizer step);
-- 40 epochs with the learning rate x 0.7 every 4 (0.01 -> 2.8e-4) instead of 150 with x 0.9 every
+- 40 epochs with the learning rate x 0.7 every 4 (0.01 -> 4.0e-4) instead of 150 with x 0.9 every
   15, and the best-validation weights kept (`select_best`).
 Still at most one spike per neuron; the closed form (Lambert W) solves every layer.
 
