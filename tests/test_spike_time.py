@@ -377,7 +377,8 @@ def test_jit_vmap_grad_compose():
 
 @pytest.mark.parametrize(("params", "solver"), [(PAPER, "lambertw"), (DOUBLE, "quadratic"), (ODD, "root")])
 def test_sequential_and_parallel_prefix_search_agree(params, solver, monkeypatch):
-    """Wide layers scan the inputs sequentially, narrow ones in parallel, GPUs in chunks: the same times.
+    """Wide layers scan the inputs sequentially, narrow ones in parallel, GPUs in chunks, the native
+    CPU kernel in one call: the same times.
 
     The GPU paths are routed in on CPU: the Pallas kernel in interpret mode, and the chunked
     search with chunks of one input, a non-divisor of n_in (padding) and more than n_in.
@@ -401,10 +402,12 @@ def test_sequential_and_parallel_prefix_search_agree(params, solver, monkeypatch
         fn = jax.vmap(functools.partial(layer_spike_times, solver=solver), (0, None, None))
         return jax.jit(fn)(t, w, per_neuron), jax.jit(jax.jacrev(lambda w: fn(t, w, per_neuron)))(w)
 
+    others = [run()]  # the native CPU kernel
+    monkeypatch.setattr(spike_time, "NATIVE", False)
     monkeypatch.setattr(spike_time, "PARALLEL_MAX_OUT", 0)
     sequential = run()
     monkeypatch.setattr(spike_time, "PARALLEL_MAX_OUT", 10**6)
-    others = [run()]
+    others.append(run())
     monkeypatch.setattr(spike_time, "_search_cpu", functools.partial(spike_time._search_pallas, interpret=True))
     others.append(run())
     monkeypatch.setattr(spike_time, "_search_cpu", spike_time._search_chunked)

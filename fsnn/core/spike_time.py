@@ -68,6 +68,9 @@ Solver = Literal["auto", "lambertw", "quadratic", "root"]
 PARALLEL_MAX_OUT = 16
 CHUNK = 64
 PALLAS = True
+# On CPU the search runs as a native kernel (`fsnn.core.cpu_kernel`, built on first use) unless
+# this is off or no C++ compiler is found; the XLA search above is the fallback.
+NATIVE = True
 SOLVERS = ("lambertw", "quadratic", "root")
 
 
@@ -355,7 +358,16 @@ def _causal_prefix(solver, ts, order, weights, tau_m, tau_s, theta_c):
 
 
 def _search_cpu(solver, input_times, weights, tau_m, tau_s, theta_c):
-    """The causal prefix on CPU: narrow layers all prefixes at once, wide ones one input per step."""
+    """The causal prefix on CPU: the native kernel (`NATIVE`), else `_search_xla_cpu`."""
+    from fsnn.core import cpu_kernel
+
+    if NATIVE and cpu_kernel.supports(weights.dtype) and cpu_kernel.available():
+        return cpu_kernel.causal_prefix_native(solver, input_times, weights, tau_m, tau_s, theta_c)
+    return _search_xla_cpu(solver, input_times, weights, tau_m, tau_s, theta_c)
+
+
+def _search_xla_cpu(solver, input_times, weights, tau_m, tau_s, theta_c):
+    """The causal prefix in XLA on CPU: narrow layers all prefixes at once, wide ones one input per step."""
     if weights.shape[1] <= PARALLEL_MAX_OUT:
         ts, rows = _sorted_rows_by_int_keys(input_times, weights)
         return _causal_prefix_all(solver, ts, rows, tau_m, tau_s, theta_c)

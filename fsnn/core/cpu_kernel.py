@@ -1,0 +1,134 @@
+"""The causal-prefix search of a layer as a native CPU kernel (an XLA FFI custom call).
+
+On CPU, XLA runs `fsnn.core.spike_time`'s search as a few dozen small loops per layer (a sort, a
+rank search, a scan, the peak test), and in a small network such as Yin-Yang's that per-op work,
+not arithmetic, bounds a training step. ``cpu_kernel.cc`` does the whole search of a batch in one
+call: sort each sample's inputs, walk them once, stop testing a neuron once it has fired and stop
+the walk once all have (same prefixes as `~fsnn.core.spike_time._causal_prefix`; tested against
+it in float64). The spike-time solve and every gradient stay in JAX.
+
+The kernel is compiled on first use with the system C++ compiler (``$CXX``, else ``c++``) against
+the FFI headers that ship with jaxlib, into ``$FSNN_CACHE_DIR`` (default ``~/.cache/fsnn``), one
+library per source, jaxlib version and compiler; later processes load it. Without a compiler, or
+with ``FSNN_NATIVE=0``, fsnn warns once (not for ``FSNN_NATIVE=0``) and uses the XLA search.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import pathlib
+import platform
+import shlex
+import subprocess
+import tempfile
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float
+
+__all__ = ["available", "causal_prefix_native", "library_path"]
+
+_SOURCE = pathlib.Path(__file__).with_name("cpu_kernel.cc")
+_TARGETS = {np.dtype(np.float32): "fsnn_causal_prefix_f32", np.dtype(np.float64): "fsnn_causal_prefix_f64"}
+_SYMBOLS = {"fsnn_causal_prefix_f32": "FsnnCausalPrefixF32", "fsnn_causal_prefix_f64": "FsnnCausalPrefixF64"}
+_SOLVER_IDS = {"lambertw": 0, "quadratic": 1, "root": 2}
+_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC")
+
+
+def _compiler() -> list[str]:
+    return shlex.split(os.environ.get("CXX", "c++"))
+
+
+def _cache_dir() -> pathlib.Path:
+    if os.environ.get("FSNN_CACHE_DIR"):
+        return pathlib.Path(os.environ["FSNN_CACHE_DIR"])
+    return pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "fsnn"
+
+
+def library_path() -> pathlib.Path:
+    """Where the compiled kernel for this source, jaxlib, compiler and machine lives (or will)."""
+    import jaxlib
+
+    key = "\n".join([_SOURCE.read_text(), jaxlib.__version__, " ".join(_compiler() + list(_FLAGS)), platform.machine()])
+    return _cache_dir() / f"cpu_kernel-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+
+
+def _build(target: pathlib.Path) -> None:
+    """Compile the kernel into ``target`` atomically (concurrent builds each write their own file)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    command = [*_compiler(), *_FLAGS, f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", tmp]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise OSError(f"`{shlex.join(command)}` failed:\n{done.stderr.strip()[-2000:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@functools.cache
+def available() -> bool:
+    """Whether the native kernel is built, loaded and registered with XLA (builds it if needed)."""
+    if os.environ.get("FSNN_NATIVE", "1") == "0":
+        return False
+    try:
+        path = library_path()
+        if not path.exists():
+            _build(path)
+        library = ctypes.cdll.LoadLibrary(str(path))
+    except OSError as error:  # no compiler, a failed build, an unreadable cache
+        warnings.warn(
+            f"fsnn: the native CPU kernel is unavailable, the XLA search runs instead (slower): {error}\n"
+            "Install a C++17 compiler (or set CXX), or set FSNN_NATIVE=0 to silence this.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+    for target, symbol in _SYMBOLS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+    return True
+
+
+def supports(dtype) -> bool:
+    """Whether the kernel runs layers of ``dtype`` (float32 and float64)."""
+    return np.dtype(dtype) in _TARGETS
+
+
+def causal_prefix_native(
+    solver: str,
+    input_times: Float[Array, " n_in"],
+    weights: Float[Array, "n_in n_out"],
+    tau_m,
+    tau_s,
+    theta_c,
+) -> tuple[Bool[Array, " n_out"], Array, Array, Array, Array]:
+    """`fsnn.core.spike_time._causal_prefix` of one sample: ``(fired, t_k, B, D, peak)``, each ``[n_out]``.
+
+    ``input_times`` unsorted (``inf`` silent); ``tau_m, tau_s, theta_c`` scalars or ``[n_out]``.
+    Under `jax.vmap` the batch goes to the kernel in one call (unbatched operands are not copied).
+    Call `available` first.
+    """
+    n_out = weights.shape[1]
+    dtype = weights.dtype
+    taus = [jnp.asarray(x, dtype) for x in (tau_m, tau_s)]
+    if any(x.ndim for x in taus):  # per-neuron time constants: both as rows
+        taus = [jnp.broadcast_to(x, (n_out,)) for x in taus]
+    tau_m, tau_s, theta_c = (x.reshape(-1) for x in (*taus, jnp.asarray(theta_c, dtype)))
+    out = jax.ShapeDtypeStruct((n_out,), dtype)
+    call = jax.ffi.ffi_call(
+        _TARGETS[np.dtype(dtype)],
+        (jax.ShapeDtypeStruct((n_out,), jnp.bool_), out, out, out, out),
+        vmap_method="expand_dims",
+    )
+    fired, t_k, big_b, big_d, peak = call(
+        input_times, weights, tau_m, tau_s, theta_c, solver=np.int64(_SOLVER_IDS[solver])
+    )
+    return fired, t_k, big_b, big_d, peak
