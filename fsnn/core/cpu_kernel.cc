@@ -136,60 +136,108 @@ T KappaMax(T tau_m, T tau_s) {
 }
 
 // Sorting a sample's finite inputs by time, ties by index (the order of a stable sort). A
-// comparison sort of ~100 random times spends most of its time in mispredicted branches, so wider
-// rows take an LSD radix sort on the times' bits (8-bit digits, stable, passes whose digit is the
-// same for every input skipped: the exponent bits of times in a narrow range).
+// comparison sort of ~100 random times spends most of its time in mispredicted branches. Here:
+// a counting sort into m buckets of equal width over [min, max] (stable, no comparisons), then an
+// insertion sort that only undoes the order within buckets: O(m) for times spread over an
+// interval. Where that takes too many moves (times clustered inside a few buckets), an LSD radix
+// sort on the times' bits redoes it: O(m) whatever the times, with 8-bit digits (passes whose
+// digit is the same for every input skipped).
 template <typename T>
-struct SortKey {
+class InputSorter {
+ public:
   using Bits = std::conditional_t<sizeof(T) == 8, uint64_t, uint32_t>;
+
+  // Sorts the finite inputs of `times`: afterwards `time(a)`, `index(a)` for a < `size()`.
+  void Sort(const T* times, int64_t n_in) {
+    time_.clear();
+    index_.clear();
+    for (int64_t i = 0; i < n_in; ++i) {
+      if (std::isfinite(times[i])) {
+        time_.push_back(times[i]);
+        index_.push_back(static_cast<int32_t>(i));
+      }
+    }
+    const size_t m = time_.size();
+    if (m < 2) return;
+    if (m <= 16) {
+      Insertion(time_.data(), index_.data(), m, m * m);
+      return;
+    }
+    const auto [lo, hi] = std::minmax_element(time_.begin(), time_.end());
+    const T scale = static_cast<T>(m - 1) / (*hi - *lo);
+    if (!(*hi > *lo) || !std::isfinite(scale)) {
+      if (*hi > *lo) Radix(times, n_in);  // a range that overflows or underflows
+      return;                       // else all equal: already in index order
+    }
+    const T low = *lo;
+    counts_.assign(m + 1, 0);
+    bucket_.resize(m);
+    for (size_t a = 0; a < m; ++a) {
+      const size_t b = std::min(static_cast<size_t>((time_[a] - low) * scale), m - 1);
+      bucket_[a] = static_cast<uint32_t>(b);
+      ++counts_[b + 1];
+    }
+    for (size_t b = 1; b <= m; ++b) counts_[b] += counts_[b - 1];
+    time_tmp_.resize(m);
+    index_tmp_.resize(m);
+    for (size_t a = 0; a < m; ++a) {
+      const uint32_t to = counts_[bucket_[a]]++;
+      time_tmp_[to] = time_[a];
+      index_tmp_[to] = index_[a];
+    }
+    if (Insertion(time_tmp_.data(), index_tmp_.data(), m, 8 * m)) {
+      time_.swap(time_tmp_);
+      index_.swap(index_tmp_);
+    } else {
+      Radix(times, n_in);
+    }
+  }
+
+  size_t size() const { return time_.size(); }
+  T time(size_t a) const { return time_[a]; }
+  int64_t index(size_t a) const { return index_[a]; }
+
+ private:
+  // Stable insertion sort by time; gives up (false) after `budget` moves.
+  static bool Insertion(T* time, int32_t* index, size_t m, size_t budget) {
+    size_t moves = 0;
+    for (size_t a = 1; a < m; ++a) {
+      const T t = time[a];
+      const int32_t i = index[a];
+      size_t b = a;
+      for (; b > 0 && time[b - 1] > t; --b) {
+        time[b] = time[b - 1];
+        index[b] = index[b - 1];
+      }
+      time[b] = t;
+      index[b] = i;
+      moves += a - b;
+      if (moves > budget) return false;
+    }
+    return true;
+  }
+
   // Unsigned integers in the order of the floats (-0.0 as 0.0; no nan: those are silent).
-  static Bits Of(T t) {
+  static Bits Key(T t) {
     Bits bits;
     const T zero_safe = t == T(0) ? T(0) : t;
     std::memcpy(&bits, &zero_safe, sizeof(T));
     const Bits sign = Bits(1) << (8 * sizeof(T) - 1);
     return (bits & sign) ? ~bits : bits | sign;
   }
-};
 
-template <typename T>
-class InputSorter {
- public:
-  using Bits = typename SortKey<T>::Bits;
-  static constexpr int kDigits = sizeof(T);
-
-  // The finite inputs of `times` by time: (time, index) pairs into `out`.
-  void Sort(const T* times, int64_t n_in, std::vector<std::pair<T, int64_t>>& out) {
-    keys_.clear();
+  // The finite inputs of `times` sorted from scratch by an LSD radix sort (stable).
+  void Radix(const T* times, int64_t n_in) {
+    constexpr int kDigits = sizeof(T);
+    const size_t m = time_.size();
     index_.clear();
+    keys_.clear();
     for (int64_t i = 0; i < n_in; ++i) {
       if (std::isfinite(times[i])) {
-        keys_.push_back(SortKey<T>::Of(times[i]));
-        index_.push_back(static_cast<int64_t>(i));
+        index_.push_back(static_cast<int32_t>(i));
+        keys_.push_back(Key(times[i]));
       }
     }
-    const size_t m = keys_.size();
-    if (m <= 32) {  // insertion sort: stable
-      for (size_t a = 1; a < m; ++a) {
-        const Bits key = keys_[a];
-        const int64_t i = index_[a];
-        size_t b = a;
-        for (; b > 0 && keys_[b - 1] > key; --b) {
-          keys_[b] = keys_[b - 1];
-          index_[b] = index_[b - 1];
-        }
-        keys_[b] = key;
-        index_[b] = i;
-      }
-    } else {
-      Radix(m);
-    }
-    out.resize(m);
-    for (size_t a = 0; a < m; ++a) out[a] = {times[index_[a]], index_[a]};
-  }
-
- private:
-  void Radix(size_t m) {
     uint32_t counts[kDigits][256] = {};
     for (size_t a = 0; a < m; ++a) {
       for (int digit = 0; digit < kDigits; ++digit) ++counts[digit][(keys_[a] >> (8 * digit)) & 0xff];
@@ -213,93 +261,192 @@ class InputSorter {
       keys_.swap(keys_tmp_);
       index_.swap(index_tmp_);
     }
+    for (size_t a = 0; a < m; ++a) time_[a] = times[index_[a]];
   }
 
+  std::vector<T> time_, time_tmp_;
+  std::vector<int32_t> index_, index_tmp_;
+  std::vector<uint32_t> counts_, bucket_;
   std::vector<Bits> keys_, keys_tmp_;
-  std::vector<int64_t> index_, index_tmp_;
 };
 
-// Per-neuron values of one sample (each [n_out], from shared or per-neuron operands).
-template <typename T>
-struct Neurons {
-  std::vector<T> tau_m, tau_s, theta, theta_low, kappa_max, a, b, g;
-  std::vector<uint8_t> live, candidate;
-  explicit Neurons(int64_t n_out)
-      : tau_m(n_out), tau_s(n_out), theta(n_out), theta_low(n_out), kappa_max(n_out), a(n_out), b(n_out),
-        g(n_out), live(n_out), candidate(n_out) {}
-};
+// exp(x) for x <= 0 (0 below the smallest normal float's exponent) without a library call, so
+// that a loop over many values vectorises: round x / ln 2 to n by adding and subtracting 1.5 2^p
+// (p = mantissa bits), a polynomial on the remainder |r| <= ln 2 / 2 (Cephes' for float, Taylor to
+// r^12 for double: both within ~1 ulp) and 2^n from the exponent bits.
+inline float ExpNonPositive(float x) {
+  const bool under = x < -87.0f;
+  x = under ? -87.0f : x;
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return under ? 0.0f : y * scale;
+}
 
-// B, D after one more input for every neuron, and which neurons are candidates (see `KappaMax`).
-// `kShared`: one tau_m, tau_s for the layer, so the decays are the same for all neurons.
+inline double ExpNonPositive(double x) {
+  const bool under = x < -708.0;
+  x = under ? -708.0 : x;
+  const double n = (x * 1.4426950408889634 + 6755399441055744.0) - 6755399441055744.0;
+  const double r = (x - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
+  double p = 1.0 / 479001600.0;
+  for (const double c : {1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0,
+                         1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0}) {
+    p = p * r + c;
+  }
+  const int64_t bits = (static_cast<int64_t>(n) + 1023) << 52;
+  double scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return under ? 0.0 : p * scale;
+}
+
+// B, D after one more input for every neuron, and which neurons are candidates (`KappaMax`).
+// `kShared`: the recurrence's factors are `a, b, g`, else per neuron in `a_j, b_j, g_j`.
 template <typename T, bool kShared>
-bool Advance(int64_t n_out, T span, const T* __restrict row, Neurons<T>& n, T* __restrict big_b, T* __restrict big_d) {
-  const T* __restrict a = n.a.data();
-  const T* __restrict decay = n.b.data();
-  const T* __restrict g = n.g.data();
-  const T* __restrict kappa_max = n.kappa_max.data();
-  const T* __restrict theta_low = n.theta_low.data();
-  const uint8_t* __restrict live = n.live.data();
-  uint8_t* __restrict candidate = n.candidate.data();
+bool Advance(int64_t n_out, T a, T b, T g, const T* __restrict a_j, const T* __restrict b_j,
+             const T* __restrict g_j, T span, const T* __restrict row, const T* __restrict kappa_max,
+             const T* __restrict theta_low, const uint8_t* __restrict live, uint8_t* __restrict candidate,
+             T* __restrict big_b, T* __restrict big_d) {
   int any = 0;
   for (int64_t j = 0; j < n_out; ++j) {
     const T b_old = big_b[j];
-    const T b = (kShared ? a[0] : a[j]) * b_old + row[j];
-    const T d = (kShared ? decay[0] : decay[j]) * big_d[j] + (kShared ? g[0] : g[j]) * b_old;
-    big_b[j] = b;
-    big_d[j] = d;
-    const T bound = (d > T(0) ? d : T(0)) + b * (span < kappa_max[j] ? span : kappa_max[j]);
-    const int c = live[j] & static_cast<int>(b > T(0)) & static_cast<int>(bound >= theta_low[j]);
+    const T new_b = (kShared ? a : a_j[j]) * b_old + row[j];
+    const T new_d = (kShared ? b : b_j[j]) * big_d[j] + (kShared ? g : g_j[j]) * b_old;
+    big_b[j] = new_b;
+    big_d[j] = new_d;
+    const T bound = (new_d > T(0) ? new_d : T(0)) + new_b * (span < kappa_max[j] ? span : kappa_max[j]);
+    const int c = live[j] & static_cast<int>(new_b > T(0)) & static_cast<int>(bound >= theta_low[j]);
     candidate[j] = static_cast<uint8_t>(c);
     any |= c;
   }
   return any != 0;
 }
 
-// One sample. `sorter`, `order`, `big_b`, `big_d` are scratch; `n` holds the sample's neurons.
+// The walk of one layer over the samples of a batch, with the scratch it reuses between them.
 template <typename T>
-void Walk(int64_t solver, int64_t n_in, int64_t n_out, const T* times, const T* w, bool tau_shared, Neurons<T>& n,
-          bool* fired, T* t_k, T* b_k, T* d_k, T* peak, InputSorter<T>& sorter,
-          std::vector<std::pair<T, int64_t>>& order, std::vector<T>& big_b, std::vector<T>& big_d) {
-  sorter.Sort(times, n_in, order);
-  std::fill(fired, fired + n_out, false);
-  std::fill(t_k, t_k + n_out, T(0));
-  std::fill(b_k, b_k + n_out, T(0));
-  std::fill(d_k, d_k + n_out, T(0));
-  std::fill(peak, peak + n_out, T(0));
-  std::fill(big_b.begin(), big_b.end(), T(0));
-  std::fill(big_d.begin(), big_d.end(), T(0));
-  std::fill(n.live.begin(), n.live.end(), uint8_t(1));
-  const T inf = std::numeric_limits<T>::infinity();
-  const int64_t m = static_cast<int64_t>(order.size());
-  int64_t silent = n_out;
-  for (int64_t k = 0; k < m && silent > 0; ++k) {
-    const T t = order[k].first;
-    const T gap = k == 0 ? T(0) : t - order[k - 1].first;
-    const T span = k + 1 < m ? order[k + 1].first - t : inf;
-    const T* row = w + order[k].second * n_out;
-    for (int64_t j = 0; j < (tau_shared ? 1 : n_out); ++j) {
-      const Decays<T> decays(solver, gap, n.tau_m[j], n.tau_s[j]);
-      n.a[j] = decays.a;
-      n.b[j] = decays.b;
-      n.g[j] = decays.g;
+class Layer {
+ public:
+  Layer(int64_t solver, int64_t n_out)
+      : solver_(solver), n_out_(n_out), tau_m_(n_out), tau_s_(n_out), theta_(n_out), theta_low_(n_out),
+        kappa_max_(n_out), a_(n_out), b_(n_out), g_(n_out), big_b_(n_out), big_d_(n_out), live_(n_out),
+        candidate_(n_out) {}
+
+  // The neurons' parameters (each a pointer to 1 value if `shared`, else to n_out); kept while the
+  // same pointers come again (parameters shared by the batch).
+  void SetNeurons(const T* tau_m, const T* tau_s, bool tau_shared, const T* theta, bool theta_shared) {
+    if (tau_m == last_[0] && tau_s == last_[1] && theta == last_[2]) return;
+    last_[0] = tau_m, last_[1] = tau_s, last_[2] = theta;
+    tau_shared_ = tau_shared;
+    const T low = T(1) - T(16) * std::numeric_limits<T>::epsilon();
+    for (int64_t j = 0; j < n_out_; ++j) {
+      tau_m_[j] = tau_m[tau_shared ? 0 : j];
+      tau_s_[j] = tau_s[tau_shared ? 0 : j];
+      theta_[j] = theta[theta_shared ? 0 : j];
+      theta_low_[j] = theta_[j] * low;
+      kappa_max_[j] = KappaMax(tau_m_[j], tau_s_[j]);
     }
-    const bool any = tau_shared ? Advance<T, true>(n_out, span, row, n, big_b.data(), big_d.data())
-                                : Advance<T, false>(n_out, span, row, n, big_b.data(), big_d.data());
-    if (!any) continue;
-    for (int64_t j = 0; j < n_out; ++j) {
-      T x = 0;
-      if (n.candidate[j] && Crosses(solver, big_b[j], big_d[j], span, n.tau_m[j], n.tau_s[j], n.theta[j], &x)) {
-        fired[j] = true;
-        n.live[j] = 0;
-        t_k[j] = t;
-        b_k[j] = big_b[j];
-        d_k[j] = big_d[j];
-        peak[j] = x;
-        --silent;
+  }
+
+  // One sample: `_causal_prefix` of `times` [n_in] through `w` [n_in, n_out] into the results.
+  void Walk(const T* times, int64_t n_in, const T* w, bool* fired, T* t_k, T* b_k, T* d_k, T* peak) {
+    order_.Sort(times, n_in);
+    std::fill(fired, fired + n_out_, false);
+    std::fill(t_k, t_k + n_out_, T(0));
+    std::fill(b_k, b_k + n_out_, T(0));
+    std::fill(d_k, d_k + n_out_, T(0));
+    std::fill(peak, peak + n_out_, T(0));
+    std::fill(big_b_.begin(), big_b_.end(), T(0));
+    std::fill(big_d_.begin(), big_d_.end(), T(0));
+    std::fill(live_.begin(), live_.end(), uint8_t(1));
+    const int64_t m = static_cast<int64_t>(order_.size());
+    Intervals(m);
+    int64_t silent = n_out_;
+    for (int64_t k = 0; k < m && silent > 0; ++k) {
+      const T* row = w + order_.index(k) * n_out_;
+      bool any;
+      if (tau_shared_) {
+        any = Advance<T, true>(n_out_, input_a_[k], input_b_[k], input_g_[k], nullptr, nullptr, nullptr, span_[k],
+                               row, kappa_max_.data(), theta_low_.data(), live_.data(), candidate_.data(),
+                               big_b_.data(), big_d_.data());
+      } else {
+        for (int64_t j = 0; j < n_out_; ++j) {
+          const Decays<T> decays(solver_, gap_[k], tau_m_[j], tau_s_[j]);
+          a_[j] = decays.a, b_[j] = decays.b, g_[j] = decays.g;
+        }
+        any = Advance<T, false>(n_out_, T(0), T(0), T(0), a_.data(), b_.data(), g_.data(), span_[k], row,
+                                kappa_max_.data(), theta_low_.data(), live_.data(), candidate_.data(), big_b_.data(),
+                                big_d_.data());
+      }
+      if (!any) continue;
+      for (int64_t j = 0; j < n_out_; ++j) {
+        T x = 0;
+        if (candidate_[j] && Crosses(solver_, big_b_[j], big_d_[j], span_[k], tau_m_[j], tau_s_[j], theta_[j], &x)) {
+          fired[j] = true;
+          live_[j] = 0;
+          t_k[j] = order_.time(k);
+          b_k[j] = big_b_[j];
+          d_k[j] = big_d_[j];
+          peak[j] = x;
+          --silent;
+        }
       }
     }
   }
-}
+
+ private:
+  // Per sorted input: the gap to the previous one, the span to the next (inf after the last) and,
+  // for time constants shared by the layer, the recurrence's factors (one pass that vectorises for
+  // the closed-form ratios).
+  void Intervals(int64_t m) {
+    gap_.resize(m);
+    span_.resize(m);
+    for (int64_t k = 0; k < m; ++k) {
+      gap_[k] = k == 0 ? T(0) : order_.time(k) - order_.time(k - 1);
+      span_[k] = k + 1 < m ? order_.time(k + 1) - order_.time(k) : std::numeric_limits<T>::infinity();
+    }
+    if (!tau_shared_) return;
+    input_a_.resize(m);
+    input_b_.resize(m);
+    input_g_.resize(m);
+    const T tau_m = tau_m_[0], tau_s = tau_s_[0];
+    const T* __restrict gap = gap_.data();
+    T* __restrict a = input_a_.data();
+    T* __restrict b = input_b_.data();
+    T* __restrict g = input_g_.data();
+    if (solver_ == kLambertW) {
+      for (int64_t k = 0; k < m; ++k) {
+        const T e = ExpNonPositive(-gap[k] / tau_s);
+        a[k] = e, b[k] = e, g[k] = gap[k] * e;
+      }
+    } else if (solver_ == kQuadratic) {  // kappa = tau_m q (1 - q), q = e^{-gap/tau_m}, e^{-gap/tau_s} = q^2
+      for (int64_t k = 0; k < m; ++k) {
+        const T q = ExpNonPositive(-gap[k] / tau_m);
+        a[k] = q * q, b[k] = q, g[k] = tau_m * q * (T(1) - q);
+      }
+    } else {
+      for (int64_t k = 0; k < m; ++k) {
+        const Decays<T> decays(solver_, gap[k], tau_m, tau_s);
+        a[k] = decays.a, b[k] = decays.b, g[k] = decays.g;
+      }
+    }
+  }
+
+  int64_t solver_, n_out_;
+  bool tau_shared_ = true;
+  const T* last_[3] = {nullptr, nullptr, nullptr};
+  std::vector<T> tau_m_, tau_s_, theta_, theta_low_, kappa_max_, a_, b_, g_, big_b_, big_d_;
+  std::vector<uint8_t> live_, candidate_;
+  std::vector<T> gap_, span_, input_a_, input_b_, input_g_;
+  InputSorter<T> order_;
+};
 
 // Element offsets of a batch index in an operand whose leading axes are the batch's or 1.
 struct Broadcast {
@@ -341,30 +488,14 @@ ffi::Error Search(ffi::Buffer<D> times, ffi::Buffer<D> weights, ffi::Buffer<D> t
   int64_t batch = 1;
   for (int64_t a = 0; a < leading; ++a) batch *= out_dims[a];
   std::vector<int64_t> index(leading, 0);
-  std::vector<std::pair<T, int64_t>> order;
-  order.reserve(n_in);
-  InputSorter<T> sorter;
-  std::vector<T> big_b(n_out), big_d(n_out);
-  Neurons<T> neurons(n_out);
-  const T low = T(1) - T(16) * std::numeric_limits<T>::epsilon();
-  const T *last_tm = nullptr, *last_ts = nullptr, *last_th = nullptr;
+  Layer<T> layer(solver, n_out);
   for (int64_t s = 0; s < batch; ++s) {
-    const T* tm = tau_m.typed_data() + b_tau_m.Offset(index);
-    const T* ts = tau_s.typed_data() + b_tau_s.Offset(index);
-    const T* th = theta.typed_data() + b_theta.Offset(index);
-    const bool same = tm == last_tm && ts == last_ts && th == last_th;  // parameters shared by the batch
-    last_tm = tm, last_ts = ts, last_th = th;
-    for (int64_t j = 0; j < (same ? 0 : n_out); ++j) {
-      neurons.tau_m[j] = tm[tau_shared ? 0 : j];
-      neurons.tau_s[j] = ts[tau_shared ? 0 : j];
-      neurons.theta[j] = th[theta_shared ? 0 : j];
-      neurons.theta_low[j] = neurons.theta[j] * low;
-      neurons.kappa_max[j] = KappaMax(neurons.tau_m[j], neurons.tau_s[j]);
-    }
+    layer.SetNeurons(tau_m.typed_data() + b_tau_m.Offset(index), tau_s.typed_data() + b_tau_s.Offset(index),
+                     tau_shared, theta.typed_data() + b_theta.Offset(index), theta_shared);
     const int64_t out = b_out.Offset(index);
-    Walk<T>(solver, n_in, n_out, times.typed_data() + b_times.Offset(index), weights.typed_data() + b_w.Offset(index),
-            tau_shared, neurons, fired->typed_data() + out, t_k->typed_data() + out, b_k->typed_data() + out,
-            d_k->typed_data() + out, peak->typed_data() + out, sorter, order, big_b, big_d);
+    layer.Walk(times.typed_data() + b_times.Offset(index), n_in, weights.typed_data() + b_w.Offset(index),
+               fired->typed_data() + out, t_k->typed_data() + out, b_k->typed_data() + out, d_k->typed_data() + out,
+               peak->typed_data() + out);
     for (int64_t a = leading - 1; a >= 0; --a) {  // next batch index
       if (++index[a] < out_dims[a]) break;
       index[a] = 0;
