@@ -23,7 +23,8 @@ def native():
 
 
 def rows(rng, batch, n_in):
-    """Input times: random with silent inputs, many ties, signed zeros and negative times, all silent."""
+    """Input times: random with silent inputs, many ties, signed zeros and negative times, all silent,
+    times clustered within 1e-3 beside one outlier."""
     t = rng.uniform(0.0, 3.0, (batch, n_in))
     t[rng.random((batch, n_in)) < 0.1] = np.inf
     t[1] = np.round(t[1], 1)  # ties
@@ -31,6 +32,8 @@ def rows(rng, batch, n_in):
     t[3, : n_in // 2] = -0.0
     t[3, n_in // 2 :] = rng.uniform(-1.0, 1.0, n_in - n_in // 2)
     t[4] = np.inf
+    t[5] = 1.0 + rng.uniform(0.0, 1e-3, n_in)  # clustered in one bucket: the radix sort's fallback
+    t[5, 0] = 2.5
     return t
 
 

@@ -308,14 +308,15 @@ inline double ExpNonPositive(double x) {
   return under ? 0.0 : p * scale;
 }
 
-// B, D after one more input for every neuron, and which neurons are candidates (`KappaMax`).
+// B, D after one more input for every neuron, and which neurons are candidates (`KappaMax`; returns
+// how many):
+// `gate` is the lowered threshold of a neuron still silent, +inf for one that has fired.
 // `kShared`: the recurrence's factors are `a, b, g`, else per neuron in `a_j, b_j, g_j`.
 template <typename T, bool kShared>
-bool Advance(int64_t n_out, T a, T b, T g, const T* __restrict a_j, const T* __restrict b_j,
+int32_t Advance(int64_t n_out, T a, T b, T g, const T* __restrict a_j, const T* __restrict b_j,
              const T* __restrict g_j, T span, const T* __restrict row, const T* __restrict kappa_max,
-             const T* __restrict theta_low, const uint8_t* __restrict live, uint8_t* __restrict candidate,
-             T* __restrict big_b, T* __restrict big_d) {
-  int any = 0;
+             const T* __restrict gate, int32_t* __restrict candidate, T* __restrict big_b, T* __restrict big_d) {
+  int32_t count = 0;
   for (int64_t j = 0; j < n_out; ++j) {
     const T b_old = big_b[j];
     const T new_b = (kShared ? a : a_j[j]) * b_old + row[j];
@@ -323,21 +324,50 @@ bool Advance(int64_t n_out, T a, T b, T g, const T* __restrict a_j, const T* __r
     big_b[j] = new_b;
     big_d[j] = new_d;
     const T bound = (new_d > T(0) ? new_d : T(0)) + new_b * (span < kappa_max[j] ? span : kappa_max[j]);
-    const int c = live[j] & static_cast<int>(new_b > T(0)) & static_cast<int>(bound >= theta_low[j]);
-    candidate[j] = static_cast<uint8_t>(c);
-    any |= c;
+    const int32_t c = (new_b > T(0)) & (bound >= gate[j]);
+    candidate[j] = c;
+    count += c;
   }
-  return any != 0;
+  return count;
+}
+
+// `Crosses` for the closed-form solvers over all neurons at once (vectorises; for many candidates):
+// `candidate[j]` becomes whether neuron j crosses on this interval, `peak[j]` its peak's place.
+template <typename T>
+void CrossesAll(int64_t solver, int64_t n_out, T span, const T* __restrict big_b, const T* __restrict big_d,
+                const T* __restrict tau_m, const T* __restrict tau_s, const T* __restrict theta,
+                int32_t* __restrict candidate, T* __restrict peak) {
+  if (solver == kLambertW) {
+    for (int64_t j = 0; j < n_out; ++j) {
+      const T b = big_b[j] > T(0) ? big_b[j] : T(1), d = big_d[j];
+      const T x = Clip(tau_s[j] - d / b, T(0), span);
+      peak[j] = x;
+      candidate[j] &= static_cast<int32_t>(ExpNonPositive(-x / tau_s[j]) * (d + b * x) >= theta[j]);
+    }
+    return;
+  }
+  for (int64_t j = 0; j < n_out; ++j) {  // quadratic
+    const T b = big_b[j] > T(0) ? big_b[j] : T(1), d = big_d[j];
+    const T a1 = tau_m[j] * b;
+    const T q = Clip((b + d / tau_m[j]) / (T(2) * b), ExpNonPositive(-span / tau_m[j]), T(1));
+    peak[j] = q;
+    candidate[j] &= static_cast<int32_t>((d + a1) * q - a1 * q * q >= theta[j]);
+  }
 }
 
 // The walk of one layer over the samples of a batch, with the scratch it reuses between them.
 template <typename T>
 class Layer {
  public:
+  // Per-neuron arrays are padded to a multiple of 8 neurons (silent, zero weights), so that the
+  // vectorised pass over the neurons of a narrow layer has no scalar remainder.
+  static constexpr int64_t kPad = 8;
+
   Layer(int64_t solver, int64_t n_out)
-      : solver_(solver), n_out_(n_out), tau_m_(n_out), tau_s_(n_out), theta_(n_out), theta_low_(n_out),
-        kappa_max_(n_out), a_(n_out), b_(n_out), g_(n_out), big_b_(n_out), big_d_(n_out), live_(n_out),
-        candidate_(n_out) {}
+      : solver_(solver), n_out_(n_out), width_((n_out + kPad - 1) / kPad * kPad), tau_m_(width_, T(1)),
+        tau_s_(width_, T(1)), theta_(width_, T(1)), theta_low_(width_, std::numeric_limits<T>::infinity()), kappa_max_(width_, T(1)), a_(width_),
+        b_(width_), g_(width_), big_b_(width_), big_d_(width_), x_(width_), gate_(width_), candidate_(width_),
+        fired_(width_) {}
 
   // The neurons' parameters (each a pointer to 1 value if `shared`, else to n_out); kept while the
   // same pointers come again (parameters shared by the batch).
@@ -355,42 +385,65 @@ class Layer {
     }
   }
 
-  // One sample: `_causal_prefix` of `times` [n_in] through `w` [n_in, n_out] into the results.
-  void Walk(const T* times, int64_t n_in, const T* w, bool* fired, T* t_k, T* b_k, T* d_k, T* peak) {
+  // The weights [n_in, n_out]; copied into padded rows while the same pointer comes again.
+  void SetWeights(const T* w, int64_t n_in) {
+    if (width_ == n_out_) {
+      weights_ = w;
+      return;
+    }
+    if (w != last_weights_) {
+      padded_.assign(n_in * width_, T(0));
+      for (int64_t i = 0; i < n_in; ++i) std::copy(w + i * n_out_, w + (i + 1) * n_out_, padded_.data() + i * width_);
+      last_weights_ = w;
+    }
+    weights_ = padded_.data();
+  }
+
+  // One sample: `_causal_prefix` of `times` [n_in] through the weights (`SetWeights`) into the results.
+  void Walk(const T* times, int64_t n_in, bool* fired, T* t_k, T* b_k, T* d_k, T* peak) {
     order_.Sort(times, n_in);
-    std::fill(fired, fired + n_out_, false);
+    std::fill(fired_.begin(), fired_.end(), 0);
     std::fill(t_k, t_k + n_out_, T(0));
     std::fill(b_k, b_k + n_out_, T(0));
     std::fill(d_k, d_k + n_out_, T(0));
     std::fill(peak, peak + n_out_, T(0));
     std::fill(big_b_.begin(), big_b_.end(), T(0));
     std::fill(big_d_.begin(), big_d_.end(), T(0));
-    std::fill(live_.begin(), live_.end(), uint8_t(1));
+    std::copy(theta_low_.begin(), theta_low_.end(), gate_.begin());  // the padding's is inf: never fires
     const int64_t m = static_cast<int64_t>(order_.size());
     Intervals(m);
     int64_t silent = n_out_;
     for (int64_t k = 0; k < m && silent > 0; ++k) {
-      const T* row = w + order_.index(k) * n_out_;
-      bool any;
+      const T* row = weights_ + order_.index(k) * width_;
+      int32_t candidates;
       if (tau_shared_) {
-        any = Advance<T, true>(n_out_, input_a_[k], input_b_[k], input_g_[k], nullptr, nullptr, nullptr, span_[k],
-                               row, kappa_max_.data(), theta_low_.data(), live_.data(), candidate_.data(),
-                               big_b_.data(), big_d_.data());
+        candidates = Advance<T, true>(width_, input_a_[k], input_b_[k], input_g_[k], nullptr, nullptr, nullptr,
+                                      span_[k], row, kappa_max_.data(), gate_.data(), candidate_.data(),
+                                      big_b_.data(), big_d_.data());
       } else {
         for (int64_t j = 0; j < n_out_; ++j) {
           const Decays<T> decays(solver_, gap_[k], tau_m_[j], tau_s_[j]);
           a_[j] = decays.a, b_[j] = decays.b, g_[j] = decays.g;
         }
-        any = Advance<T, false>(n_out_, T(0), T(0), T(0), a_.data(), b_.data(), g_.data(), span_[k], row,
-                                kappa_max_.data(), theta_low_.data(), live_.data(), candidate_.data(), big_b_.data(),
-                                big_d_.data());
+        candidates = Advance<T, false>(width_, T(0), T(0), T(0), a_.data(), b_.data(), g_.data(), span_[k], row,
+                                       kappa_max_.data(), gate_.data(), candidate_.data(), big_b_.data(),
+                                       big_d_.data());
       }
-      if (!any) continue;
-      for (int64_t j = 0; j < n_out_; ++j) {
+      if (candidates == 0) continue;
+      if (solver_ != kRoot && 8 * candidates >= width_) {
+        // Many candidates (a wide layer's early inputs): test and record in vectorised passes.
+        CrossesAll(solver_, width_, span_[k], big_b_.data(), big_d_.data(), tau_m_.data(), tau_s_.data(),
+                   theta_.data(), candidate_.data(), x_.data());
+        silent -= Record(order_.time(k), t_k, b_k, d_k, peak);
+        continue;
+      }
+      for (int64_t j = 0; j < n_out_ && candidates > 0; ++j) {
+        if (!candidate_[j]) continue;
+        --candidates;
         T x = 0;
-        if (candidate_[j] && Crosses(solver_, big_b_[j], big_d_[j], span_[k], tau_m_[j], tau_s_[j], theta_[j], &x)) {
-          fired[j] = true;
-          live_[j] = 0;
+        if (Crosses(solver_, big_b_[j], big_d_[j], span_[k], tau_m_[j], tau_s_[j], theta_[j], &x)) {
+          fired_[j] = 1;
+          gate_[j] = std::numeric_limits<T>::infinity();
           t_k[j] = order_.time(k);
           b_k[j] = big_b_[j];
           d_k[j] = big_d_[j];
@@ -399,9 +452,33 @@ class Layer {
         }
       }
     }
+    for (int64_t j = 0; j < n_out_; ++j) fired[j] = fired_[j] != 0;
   }
 
  private:
+  // The neurons that cross (`candidate_`) at input time t fire: results recorded without branches.
+  int32_t Record(T t, T* __restrict t_k, T* __restrict b_k, T* __restrict d_k, T* __restrict peak) {
+    const int32_t* __restrict crosses = candidate_.data();
+    const T* __restrict big_b = big_b_.data();
+    const T* __restrict big_d = big_d_.data();
+    const T* __restrict x = x_.data();
+    int32_t* __restrict fired = fired_.data();
+    T* __restrict gate = gate_.data();
+    const int64_t n_out = n_out_;
+    int32_t count = 0;
+    for (int64_t j = 0; j < n_out; ++j) {
+      const int32_t c = crosses[j];
+      fired[j] |= c;
+      t_k[j] = c ? t : t_k[j];
+      b_k[j] = c ? big_b[j] : b_k[j];
+      d_k[j] = c ? big_d[j] : d_k[j];
+      peak[j] = c ? x[j] : peak[j];
+      gate[j] = c ? std::numeric_limits<T>::infinity() : gate[j];
+      count += c;
+    }
+    return count;
+  }
+
   // Per sorted input: the gap to the previous one, the span to the next (inf after the last) and,
   // for time constants shared by the layer, the recurrence's factors (one pass that vectorises for
   // the closed-form ratios).
@@ -439,11 +516,15 @@ class Layer {
     }
   }
 
-  int64_t solver_, n_out_;
+  int64_t solver_, n_out_, width_;
+  const T* weights_ = nullptr;
+  const T* last_weights_ = nullptr;
+  std::vector<T> padded_;
   bool tau_shared_ = true;
   const T* last_[3] = {nullptr, nullptr, nullptr};
-  std::vector<T> tau_m_, tau_s_, theta_, theta_low_, kappa_max_, a_, b_, g_, big_b_, big_d_;
-  std::vector<uint8_t> live_, candidate_;
+  std::vector<T> tau_m_, tau_s_, theta_, theta_low_, kappa_max_, a_, b_, g_, big_b_, big_d_, x_;
+  std::vector<T> gate_;
+  std::vector<int32_t> candidate_, fired_;
   std::vector<T> gap_, span_, input_a_, input_b_, input_g_;
   InputSorter<T> order_;
 };
@@ -493,9 +574,9 @@ ffi::Error Search(ffi::Buffer<D> times, ffi::Buffer<D> weights, ffi::Buffer<D> t
     layer.SetNeurons(tau_m.typed_data() + b_tau_m.Offset(index), tau_s.typed_data() + b_tau_s.Offset(index),
                      tau_shared, theta.typed_data() + b_theta.Offset(index), theta_shared);
     const int64_t out = b_out.Offset(index);
-    layer.Walk(times.typed_data() + b_times.Offset(index), n_in, weights.typed_data() + b_w.Offset(index),
-               fired->typed_data() + out, t_k->typed_data() + out, b_k->typed_data() + out, d_k->typed_data() + out,
-               peak->typed_data() + out);
+    layer.SetWeights(weights.typed_data() + b_w.Offset(index), n_in);
+    layer.Walk(times.typed_data() + b_times.Offset(index), n_in, fired->typed_data() + out, t_k->typed_data() + out,
+               b_k->typed_data() + out, d_k->typed_data() + out, peak->typed_data() + out);
     for (int64_t a = leading - 1; a >= 0; --a) {  // next batch index
       if (++index[a] < out_dims[a]) break;
       index[a] = 0;

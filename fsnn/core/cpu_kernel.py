@@ -37,7 +37,7 @@ _SOURCE = pathlib.Path(__file__).with_name("cpu_kernel.cc")
 _TARGETS = {np.dtype(np.float32): "fsnn_causal_prefix_f32", np.dtype(np.float64): "fsnn_causal_prefix_f64"}
 _SYMBOLS = {"fsnn_causal_prefix_f32": "FsnnCausalPrefixF32", "fsnn_causal_prefix_f64": "FsnnCausalPrefixF64"}
 _SOLVER_IDS = {"lambertw": 0, "quadratic": 1, "root": 2}
-_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC")
+_FLAGS = ("-O3", "-fno-trapping-math", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC")  # IEEE arithmetic kept
 
 
 def _compiler() -> list[str]:
