@@ -10,7 +10,7 @@ import dataclasses, json, sys
 import jax
 import numpy as np
 from fsnn.train import Config
-from fsnn.train.loop import Trainer, load_data
+from fsnn.train.loop import Trainer, load_data, sharded_search
 
 assert len(jax.devices()) == 2, jax.devices()
 out = {}
@@ -21,7 +21,10 @@ for devices in (1, 2):
     x, y = trainer.place(load_data(config)["train"])
     state, summary = trainer.train_epoch(trainer.place(trainer.init_state()), x, y)
     kernels = [np.asarray(state.params["layers"][i]["kernel"]) for i in range(2)]
+    with sharded_search(trainer.mesh):
+        hlo = trainer.jit_train_epoch.lower(trainer.init_state(), x, y, trainer.hp).as_text()
     out[devices] = {
+        "native_search": "fsnn_causal_prefix" in hlo,
         "kernels": [k.tolist() for k in kernels],
         "bumps": np.asarray(summary["bumps"]).tolist(),
         "accuracy": float(summary["train_accuracy"]),
@@ -44,6 +47,9 @@ def test_two_devices_match_one():
     out = _on_two_cpu_devices(SCRIPT)
     one, two = out["1"], out["2"]
     assert one["placed_on"] == 1 and two["placed_on"] == 2
+    # One device: the native CPU kernel; two: the XLA search, which XLA splits over the batch
+    # (the kernel's custom call would be gathered onto each device).
+    assert one["native_search"] and not two["native_search"]
     assert one["bumps"] == two["bumps"] and one["accuracy"] == two["accuracy"]
     for a, b in zip(one["kernels"], two["kernels"]):
         diff = max(abs(u - v) for ra, rb in zip(a, b) for u, v in zip(ra, rb))

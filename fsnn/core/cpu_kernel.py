@@ -85,6 +85,8 @@ def available() -> bool:
             _build(path)
         library = ctypes.cdll.LoadLibrary(str(path))
     except OSError as error:  # no compiler, a failed build, an unreadable cache
+        if jax.default_backend() != "cpu":  # traced for the CPU branch of a GPU program: nothing runs there
+            return False
         warnings.warn(
             f"fsnn: the native CPU kernel is unavailable, the XLA search runs instead (slower): {error}\n"
             "Install a C++17 compiler (or set CXX), or set FSNN_NATIVE=0 to silence this.",

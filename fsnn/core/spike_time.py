@@ -16,7 +16,9 @@ Algorithm (one sample, one layer; Göltz et al. 2021, Methods, made O(n_in n_out
    for the ``B, D`` of all prefixes and test them for a crossing at once. On GPUs and TPUs, where
    each step of a sequential scan is a kernel launch, every layer takes ``CHUNK`` inputs per step
    instead, all prefixes of a chunk at once (O(CHUNK n_out) memory); on CUDA GPUs a Pallas kernel
-   does the one-input walk in registers (`fsnn.core.prefix_kernel`, O(n_out) memory). On the prefix's
+   does the one-input walk in registers (`fsnn.core.prefix_kernel`, O(n_out) memory). On CPUs the
+   whole search of a batch is one native call (`fsnn.core.cpu_kernel`, built on first use with the
+   system C++ compiler; the XLA scans above are its fallback and reference). On the prefix's
    interval ``t_k + x``, ``x in [0, t_{k+1} - t_k]``,
    :math:`U(x) = C(V - E_\ell) = D_k e^{-x/\tau_m} + B_k \kappa(x)`.
 2. ``U`` has at most one stationary point, a maximum, at (stable for every ``tau_m/tau_s``)
@@ -39,7 +41,9 @@ Conventions: ``inf`` marks a silent input or output; a ``nan`` input time is tre
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from typing import Literal
 
 import jax
@@ -69,9 +73,25 @@ PARALLEL_MAX_OUT = 16
 CHUNK = 64
 PALLAS = True
 # On CPU the search runs as a native kernel (`fsnn.core.cpu_kernel`, built on first use) unless
-# this is off or no C++ compiler is found; the XLA search above is the fallback.
+# this is off (`xla_search`) or no C++ compiler is found; the XLA search above is the fallback.
 NATIVE = True
 SOLVERS = ("lambertw", "quadratic", "root")
+
+
+@contextlib.contextmanager
+def xla_search(enabled: bool = True) -> Iterator[None]:
+    """Trace programs with the XLA search on CPU instead of the native kernel (while ``enabled``).
+
+    For programs whose batch is split over several devices: XLA cannot split the kernel's custom
+    call, so it would gather the whole batch onto every device for it. Read at trace time.
+    """
+    global NATIVE
+    saved = NATIVE
+    NATIVE = NATIVE and not enabled
+    try:
+        yield
+    finally:
+        NATIVE = saved
 
 
 def _concrete(x) -> np.ndarray | None:

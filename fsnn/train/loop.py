@@ -22,6 +22,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fsnn import xla
+from fsnn.core import spike_time
 from fsnn.core.spike_time import resolve_solver
 from fsnn.data.images import data_dir_from_env, encode_images, load_images
 from fsnn.data.yinyang import yinyang_splits
@@ -209,7 +210,8 @@ class Trainer:
 
     def train_epoch(self, state: TrainState, x: jax.Array, y: jax.Array, hp: dict | None = None):
         """One compiled epoch: ``(state, summary)``."""
-        return self.jit_train_epoch(state, x, y, self.hp if hp is None else hp)
+        with sharded_search(self.mesh):
+            return self.jit_train_epoch(state, x, y, self.hp if hp is None else hp)
 
     def evaluate(
         self, params: dict, x: jax.Array, y: jax.Array, hp: dict | None = None, on_substrate: bool | None = None
@@ -220,7 +222,8 @@ class Trainer:
         run trains, i.e. ``config.in_the_loop``).
         """
         on_substrate = self.config.in_the_loop if on_substrate is None else on_substrate
-        return self.jit_evaluate(params, x, y, self.hp if hp is None else hp, on_substrate)
+        with sharded_search(self.mesh):
+            return self.jit_evaluate(params, x, y, self.hp if hp is None else hp, on_substrate)
 
     def both_sides(self, params: dict, x: jax.Array, y: jax.Array, own: dict) -> tuple[dict, dict]:
         """``(on the substrate, on the ideal model)``: ``own`` (the default `evaluate` of these
@@ -479,6 +482,12 @@ def _data_mesh(config: Config) -> Mesh | None:
     if n == 1:
         return None
     return jax.make_mesh((n,), ("data",), devices=available[:n], axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def sharded_search(mesh: Mesh | None):
+    """Where programs split their batch over several devices, trace them with the XLA search
+    (`fsnn.core.spike_time.xla_search`: the native CPU kernel would see the whole batch on each)."""
+    return spike_time.xla_search(mesh is not None and mesh.size > 1)
 
 
 def _enable_dtype(config: Config) -> None:

@@ -40,6 +40,7 @@ from fsnn.train.loop import (
     hyperparameters,
     load_data,
     resolved_solver,
+    sharded_search,
     standard_normal_kernels,
 )
 
@@ -326,7 +327,10 @@ def sweep(
                     f.write(json.dumps({"group": g, **row}) + "\n")
 
         ckpt_dir = None if workdir is None else workdir / "checkpoints" / f"group-{g}"
-        group_rows, stacked, seconds = _train_group([configs[i] for i in indices], data_dir, quiet, log, ckpt_dir, mesh)
+        with sharded_search(mesh):
+            group_rows, stacked, seconds = _train_group(
+                [configs[i] for i in indices], data_dir, quiet, log, ckpt_dir, mesh
+            )
         for j, i in enumerate(indices):
             rows[i] = {
                 "run": i,
