@@ -34,9 +34,7 @@ def prefix_search(dtype: str) -> str:
 
     device = jax.devices()[0]
     if device.platform == "cpu":
-        from fsnn.core import cpu_kernel
-
-        if spike_time.NATIVE and cpu_kernel.supports(dtype) and cpu_kernel.available():
+        if spike_time.native_on_cpu(dtype):
             return "native"
         return "cpu"  # XLA: all prefixes at once up to PARALLEL_MAX_OUT neurons, else one input per step
     cuda = device.platform == "gpu" and "rocm" not in str(getattr(device.client, "platform_version", "")).lower()

@@ -364,9 +364,22 @@ class Layer {
   static constexpr int64_t kPad = 8;
 
   Layer(int64_t solver, int64_t n_out)
-      : solver_(solver), n_out_(n_out), width_((n_out + kPad - 1) / kPad * kPad), tau_m_(width_, T(1)),
-        tau_s_(width_, T(1)), theta_(width_, T(1)), theta_low_(width_, std::numeric_limits<T>::infinity()), kappa_max_(width_, T(1)), a_(width_),
-        b_(width_), g_(width_), big_b_(width_), big_d_(width_), x_(width_), gate_(width_), candidate_(width_),
+      : solver_(solver),
+        n_out_(n_out),
+        width_((n_out + kPad - 1) / kPad * kPad),
+        tau_m_(width_, T(1)),
+        tau_s_(width_, T(1)),
+        theta_(width_, T(1)),
+        theta_low_(width_, std::numeric_limits<T>::infinity()),  // the padding never fires
+        kappa_max_(width_, T(1)),
+        a_(width_),
+        b_(width_),
+        g_(width_),
+        big_b_(width_),
+        big_d_(width_),
+        x_(width_),
+        gate_(width_),
+        candidate_(width_),
         fired_(width_) {}
 
   // The neurons' parameters (each a pointer to 1 value if `shared`, else to n_out); kept while the
@@ -393,13 +406,15 @@ class Layer {
     }
     if (w != last_weights_) {
       padded_.assign(n_in * width_, T(0));
-      for (int64_t i = 0; i < n_in; ++i) std::copy(w + i * n_out_, w + (i + 1) * n_out_, padded_.data() + i * width_);
+      for (int64_t i = 0; i < n_in; ++i) {
+        std::copy(w + i * n_out_, w + (i + 1) * n_out_, padded_.data() + i * width_);
+      }
       last_weights_ = w;
     }
     weights_ = padded_.data();
   }
 
-  // One sample: `_causal_prefix` of `times` [n_in] through the weights (`SetWeights`) into the results.
+  // One sample: `_causal_prefix` of `times` [n_in] through the weights (`SetWeights`).
   void Walk(const T* times, int64_t n_in, bool* fired, T* t_k, T* b_k, T* d_k, T* peak) {
     order_.Sort(times, n_in);
     std::fill(fired_.begin(), fired_.end(), 0);
@@ -409,7 +424,7 @@ class Layer {
     std::fill(peak, peak + n_out_, T(0));
     std::fill(big_b_.begin(), big_b_.end(), T(0));
     std::fill(big_d_.begin(), big_d_.end(), T(0));
-    std::copy(theta_low_.begin(), theta_low_.end(), gate_.begin());  // the padding's is inf: never fires
+    std::copy(theta_low_.begin(), theta_low_.end(), gate_.begin());
     const int64_t m = static_cast<int64_t>(order_.size());
     Intervals(m);
     int64_t silent = n_out_;
@@ -516,16 +531,18 @@ class Layer {
     }
   }
 
-  int64_t solver_, n_out_, width_;
-  const T* weights_ = nullptr;
+  int64_t solver_, n_out_, width_;  // width_: n_out padded to kPad
+  const T* weights_ = nullptr;      // [n_in, width_]
   const T* last_weights_ = nullptr;
   std::vector<T> padded_;
   bool tau_shared_ = true;
   const T* last_[3] = {nullptr, nullptr, nullptr};
+  // Per neuron [width_]: parameters, the threshold lowered by 16 ulps, kappa's maximum, per-neuron
+  // decays, the running B and D, the peak of the last test.
   std::vector<T> tau_m_, tau_s_, theta_, theta_low_, kappa_max_, a_, b_, g_, big_b_, big_d_, x_;
-  std::vector<T> gate_;
+  std::vector<T> gate_;  // theta_low_ while silent, inf once fired (and for the padding)
   std::vector<int32_t> candidate_, fired_;
-  std::vector<T> gap_, span_, input_a_, input_b_, input_g_;
+  std::vector<T> gap_, span_, input_a_, input_b_, input_g_;  // per sorted input [m]
   InputSorter<T> order_;
 };
 

@@ -82,8 +82,9 @@ SOLVERS = ("lambertw", "quadratic", "root")
 def xla_search(enabled: bool = True) -> Iterator[None]:
     """Trace programs with the XLA search on CPU instead of the native kernel (while ``enabled``).
 
-    For programs whose batch is split over several devices: XLA cannot split the kernel's custom
-    call, so it would gather the whole batch onto every device for it. Read at trace time.
+    For programs split over several devices (their batch, or a sweep's runs): XLA cannot split the
+    kernel's custom call, so it would gather everything onto every device for it. Read at trace
+    time, like `NATIVE`.
     """
     global NATIVE
     saved = NATIVE
@@ -377,12 +378,19 @@ def _causal_prefix(solver, ts, order, weights, tau_m, tau_s, theta_c):
     return k < n_in, ts[k_safe], b_k, d_k, x_peak
 
 
-def _search_cpu(solver, input_times, weights, tau_m, tau_s, theta_c):
-    """The causal prefix on CPU: the native kernel (`NATIVE`), else `_search_xla_cpu`."""
+def native_on_cpu(dtype) -> bool:
+    """Whether CPUs run the native kernel for layers of ``dtype`` now (`NATIVE`; builds it if needed)."""
     from fsnn.core import cpu_kernel
 
-    if NATIVE and cpu_kernel.supports(weights.dtype) and cpu_kernel.available():
-        return cpu_kernel.causal_prefix_native(solver, input_times, weights, tau_m, tau_s, theta_c)
+    return NATIVE and cpu_kernel.supports(dtype) and cpu_kernel.available()
+
+
+def _search_cpu(solver, input_times, weights, tau_m, tau_s, theta_c):
+    """The causal prefix on CPU: the native kernel (`native_on_cpu`), else `_search_xla_cpu`."""
+    if native_on_cpu(weights.dtype):
+        from fsnn.core.cpu_kernel import causal_prefix_native
+
+        return causal_prefix_native(solver, input_times, weights, tau_m, tau_s, theta_c)
     return _search_xla_cpu(solver, input_times, weights, tau_m, tau_s, theta_c)
 
 

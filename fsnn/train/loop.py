@@ -485,8 +485,8 @@ def _data_mesh(config: Config) -> Mesh | None:
 
 
 def sharded_search(mesh: Mesh | None):
-    """Where programs split their batch over several devices, trace them with the XLA search
-    (`fsnn.core.spike_time.xla_search`: the native CPU kernel would see the whole batch on each)."""
+    """Programs split over several devices trace with the XLA search (`fsnn.core.spike_time.xla_search`:
+    the native CPU kernel's call would be gathered onto every device)."""
     return spike_time.xla_search(mesh is not None and mesh.size > 1)
 
 
