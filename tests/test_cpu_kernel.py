@@ -131,11 +131,13 @@ def test_missing_compiler_warns_and_falls_back(monkeypatch, tmp_path):
     assert cpu_kernel.available.__wrapped__() is False  # switched off: silently
 
 
-def test_library_is_keyed_by_compiler_and_built_atomically(monkeypatch, tmp_path):
-    """A build writes the library under its key; another compiler gets another key."""
+def test_library_is_keyed_built_atomically_and_rebuilt_when_corrupt(monkeypatch, tmp_path):
+    """A build writes the library under its key, a corrupt one is rebuilt; another compiler, another key."""
     monkeypatch.setenv("FSNN_CACHE_DIR", str(tmp_path))
     path = cpu_kernel.library_path()
     cpu_kernel._build(path)
     assert path.exists() and [p.name for p in tmp_path.iterdir()] == [path.name]
+    path.write_bytes(b"not a shared library")  # a corrupt cache entry is rebuilt, not trusted
+    assert cpu_kernel._load(path) is not None and path.stat().st_size > 1000
     monkeypatch.setenv("CXX", os.environ.get("CXX", "c++") + " -DFSNN_OTHER_BUILD")
     assert cpu_kernel.library_path() != path

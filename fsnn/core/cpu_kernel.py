@@ -74,17 +74,25 @@ def _build(target: pathlib.Path) -> None:
             os.remove(tmp)
 
 
+def _load(path: pathlib.Path) -> ctypes.CDLL:
+    """The library at ``path``, built first if missing; a cached file that does not load is rebuilt."""
+    if path.exists():
+        try:
+            return ctypes.cdll.LoadLibrary(str(path))
+        except OSError:  # truncated or corrupt (e.g. a full disk during an earlier build)
+            path.unlink(missing_ok=True)
+    _build(path)
+    return ctypes.cdll.LoadLibrary(str(path))
+
+
 @functools.cache
 def available() -> bool:
     """Whether the native kernel is built, loaded and registered with XLA (builds it if needed)."""
     if os.environ.get("FSNN_NATIVE", "1") == "0":
         return False
     try:
-        path = library_path()
-        if not path.exists():
-            _build(path)
-        library = ctypes.cdll.LoadLibrary(str(path))
-    except OSError as error:  # no compiler, a failed build, an unreadable cache
+        library = _load(library_path())
+    except OSError as error:  # no compiler, a failed build, an unwritable cache
         if jax.default_backend() != "cpu":  # traced for the CPU branch of a GPU program: nothing runs there
             return False
         warnings.warn(
