@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
-__all__ = ["available", "causal_prefix_native", "library_path"]
+__all__ = ["available", "causal_prefix_native", "library_path", "supports"]
 
 _SOURCE = pathlib.Path(__file__).with_name("cpu_kernel.cc")
 _TARGETS = {np.dtype(np.float32): "fsnn_causal_prefix_f32", np.dtype(np.float64): "fsnn_causal_prefix_f64"}
