@@ -64,20 +64,59 @@ T Clip(T x, T lo, T hi) {
   return std::min(std::max(x, lo), hi);
 }
 
+// exp(x) for x <= 0 (0 below the smallest normal float's exponent) without a library call, so
+// that a loop over many values vectorises: round x / ln 2 to n by adding and subtracting 1.5 2^p
+// (p = mantissa bits), a polynomial on the remainder |r| <= ln 2 / 2 (Cephes' for float, Taylor to
+// r^12 for double: both within ~1 ulp) and 2^n from the exponent bits.
+inline float ExpNonPositive(float x) {
+  const bool under = x < -87.0f;
+  x = under ? -87.0f : x;
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return under ? 0.0f : y * scale;
+}
+
+inline double ExpNonPositive(double x) {
+  const bool under = x < -708.0;
+  x = under ? -708.0 : x;
+  const double n = (x * 1.4426950408889634 + 6755399441055744.0) - 6755399441055744.0;
+  const double r = (x - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
+  double p = 1.0 / 479001600.0;
+  for (const double c : {1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0,
+                         1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0}) {
+    p = p * r + c;
+  }
+  const int64_t bits = (static_cast<int64_t>(n) + 1023) << 52;
+  double scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return under ? 0.0 : p * scale;
+}
+
 // Per-input factors of the recurrence B' = a B + w, D' = b D + g B (`_decays`), for a gap >= 0.
-// The closed-form ratios need one exponential (lambertw: tau_m = tau_s) or two (quadratic: tau_m
-// = 2 tau_s, kappa = tau_m q (1 - q) with q = e^{-gap/tau_m}); any other ratio three and expm1.
+// The closed-form ratios need one exponential (lambertw: tau_m = tau_s; quadratic: tau_m = 2 tau_s,
+// kappa = tau_m q (1 - q) with q = e^{-gap/tau_m}), without a library call, so that a loop over
+// the inputs with a constant `solver` vectorises; any other ratio three and expm1.
 template <typename T>
 struct Decays {
   T a, b, g;
   Decays(int64_t solver, T gap, T tau_m, T tau_s) {
     if (solver == kLambertW) {
-      a = b = std::exp(-gap / tau_s);
+      a = b = ExpNonPositive(-gap / tau_s);
       g = gap * a;
     } else if (solver == kQuadratic) {
-      b = std::exp(-gap / tau_m);
+      b = ExpNonPositive(-gap / tau_m);
       a = b * b;
-      g = -tau_m * b * std::expm1(-gap / tau_m);
+      g = tau_m * b * (T(1) - b);
     } else {
       a = std::exp(-gap / tau_s);
       b = std::exp(-gap / tau_m);
@@ -269,44 +308,6 @@ class InputSorter {
   std::vector<uint32_t> counts_, bucket_;
   std::vector<Bits> keys_, keys_tmp_;
 };
-
-// exp(x) for x <= 0 (0 below the smallest normal float's exponent) without a library call, so
-// that a loop over many values vectorises: round x / ln 2 to n by adding and subtracting 1.5 2^p
-// (p = mantissa bits), a polynomial on the remainder |r| <= ln 2 / 2 (Cephes' for float, Taylor to
-// r^12 for double: both within ~1 ulp) and 2^n from the exponent bits.
-inline float ExpNonPositive(float x) {
-  const bool under = x < -87.0f;
-  x = under ? -87.0f : x;
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float y = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return under ? 0.0f : y * scale;
-}
-
-inline double ExpNonPositive(double x) {
-  const bool under = x < -708.0;
-  x = under ? -708.0 : x;
-  const double n = (x * 1.4426950408889634 + 6755399441055744.0) - 6755399441055744.0;
-  const double r = (x - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
-  double p = 1.0 / 479001600.0;
-  for (const double c : {1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0,
-                         1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0}) {
-    p = p * r + c;
-  }
-  const int64_t bits = (static_cast<int64_t>(n) + 1023) << 52;
-  double scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return under ? 0.0 : p * scale;
-}
 
 // B, D after one more input for every neuron, and which neurons are candidates (`KappaMax`; returns
 // how many):
@@ -508,26 +509,28 @@ class Layer {
     input_a_.resize(m);
     input_b_.resize(m);
     input_g_.resize(m);
+    switch (solver_) {  // a constant solver per loop: the closed forms' loops vectorise
+      case kLambertW:
+        SharedDecays<kLambertW>(m);
+        break;
+      case kQuadratic:
+        SharedDecays<kQuadratic>(m);
+        break;
+      default:
+        SharedDecays<kRoot>(m);
+    }
+  }
+
+  template <int64_t kSolver>
+  void SharedDecays(int64_t m) {
     const T tau_m = tau_m_[0], tau_s = tau_s_[0];
     const T* __restrict gap = gap_.data();
     T* __restrict a = input_a_.data();
     T* __restrict b = input_b_.data();
     T* __restrict g = input_g_.data();
-    if (solver_ == kLambertW) {
-      for (int64_t k = 0; k < m; ++k) {
-        const T e = ExpNonPositive(-gap[k] / tau_s);
-        a[k] = e, b[k] = e, g[k] = gap[k] * e;
-      }
-    } else if (solver_ == kQuadratic) {  // kappa = tau_m q (1 - q), q = e^{-gap/tau_m}, e^{-gap/tau_s} = q^2
-      for (int64_t k = 0; k < m; ++k) {
-        const T q = ExpNonPositive(-gap[k] / tau_m);
-        a[k] = q * q, b[k] = q, g[k] = tau_m * q * (T(1) - q);
-      }
-    } else {
-      for (int64_t k = 0; k < m; ++k) {
-        const Decays<T> decays(solver_, gap[k], tau_m, tau_s);
-        a[k] = decays.a, b[k] = decays.b, g[k] = decays.g;
-      }
+    for (int64_t k = 0; k < m; ++k) {
+      const Decays<T> decays(kSolver, gap[k], tau_m, tau_s);
+      a[k] = decays.a, b[k] = decays.b, g[k] = decays.g;
     }
   }
 

@@ -9,8 +9,8 @@ it in float64). The spike-time solve and every gradient stay in JAX.
 
 The kernel is compiled on first use with the system C++ compiler (``$CXX``, else ``c++``) against
 the FFI headers that ship with jaxlib, into ``$FSNN_CACHE_DIR`` (default ``~/.cache/fsnn``), one
-library per source, jaxlib version and compiler; later processes load it. Without a compiler, or
-with ``FSNN_NATIVE=0``, fsnn warns once (not for ``FSNN_NATIVE=0``) and uses the XLA search.
+library per source, jaxlib version, compiler, flags and machine; later processes load it. Without
+a compiler fsnn warns once and uses the XLA search; ``FSNN_NATIVE=0`` chooses that silently.
 """
 
 from __future__ import annotations
@@ -124,8 +124,9 @@ def causal_prefix_native(
 
     ``input_times`` unsorted (``inf`` silent); ``tau_m, tau_s, theta_c`` scalars or ``[n_out]``.
     Under `jax.vmap` the batch goes to the kernel in one call (unbatched operands are not copied).
-    Call `available` first.
     """
+    if not available():
+        raise RuntimeError("The native CPU kernel is unavailable (see the warning); use the XLA search.")
     n_out = weights.shape[1]
     dtype = weights.dtype
     taus = [jnp.asarray(x, dtype) for x in (tau_m, tau_s)]
