@@ -96,6 +96,22 @@ def test_native_search_under_nested_vmap_with_batched_weights_and_parameters():
     assert 0 < int(jnp.isfinite(batched).sum()) < batched.size
 
 
+def test_large_batches_split_over_threads_give_each_sample_its_own_result():
+    """A batch big enough to be split over XLA's threads (in chunks that start inside a run of a
+    nested batch) gives exactly what each sample gives alone (one at a time: never split)."""
+    rng = np.random.default_rng(5)
+    runs, batch, n_in, n_out = 3, 77, 30, 50
+    t = jnp.asarray(rows(rng, runs * batch, n_in).reshape(runs, batch, n_in))
+    w = jnp.asarray(rng.normal(0.2, 0.8, (runs, n_in, n_out)))
+    search = functools.partial(cpu_kernel.causal_prefix_native, "lambertw", tau_m=1.0, tau_s=1.0, theta_c=1.0)
+    batched = jax.jit(jax.vmap(jax.vmap(search, (0, None)), (0, 0)))(t, w)
+    for r in range(runs):
+        alone = jax.jit(lambda ti, wr: jax.lax.map(lambda x: search(x, wr), ti))(t[r], w[r])  # noqa: B023
+        for a, b in zip(batched, alone):
+            np.testing.assert_array_equal(a[r], b)
+    assert 0 < int(batched[0].sum()) < batched[0].size
+
+
 def test_layer_spike_times_and_gradients_equal_with_and_without_the_kernel(monkeypatch):
     """The kernel only finds prefixes: spike times and exact gradients are those of the XLA path."""
     rng = np.random.default_rng(4)

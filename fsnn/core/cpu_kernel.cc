@@ -13,13 +13,18 @@
 // C (theta - E_l), each [..., 1] (shared by the layer) or [..., n_out] (tau_m and tau_s alike).
 // Results [..., n_out]: fired, the crossing prefix's last input time, its B, D, and the peak (in
 // the solver's variable: x for lambertw and root, q = exp(-x / tau_m) for quadratic).
+// Samples are independent: a batch is split over XLA's intra-op threads (`ParallelFor`).
 // Built by `fsnn.core.cpu_kernel` with the system C++ compiler on first use.
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -566,9 +571,45 @@ struct Broadcast {
   }
 };
 
+// Runs `work(begin, end)` over [0, n) in chunks: on the calling thread and on up to all of XLA's
+// intra-op threads. The caller takes chunks too and waits only for chunks taken by a helper that
+// runs, so this finishes whether helpers start, start late or never (XLA may run a task inline or
+// on a one-thread pool); a helper that starts after the last chunk was taken touches nothing.
+template <typename Work>
+void ParallelFor(ffi::ThreadPool& pool, int64_t n, int64_t min_chunk, const Work& work) {
+  const int64_t threads = pool.num_threads();
+  const int64_t chunks = std::min<int64_t>(threads > 1 ? 4 * threads : 1, std::max<int64_t>(n / min_chunk, 1));
+  if (chunks <= 1) {
+    work(0, n);
+    return;
+  }
+  struct Shared {
+    std::atomic<int64_t> next{0}, done{0};
+    std::mutex mutex;
+    std::condition_variable finished;
+  };
+  auto shared = std::make_shared<Shared>();
+  auto run = [shared, chunks, n, &work] {
+    for (int64_t c; (c = shared->next.fetch_add(1)) < chunks;) {
+      work(c * n / chunks, (c + 1) * n / chunks);
+      if (shared->done.fetch_add(1) + 1 == chunks) {
+        std::lock_guard<std::mutex> lock(shared->mutex);
+        shared->finished.notify_all();
+      }
+    }
+  };
+  for (int64_t t = 1; t < std::min(threads, chunks); ++t) {
+    auto task = run;
+    pool.Schedule(std::move(task));
+  }
+  run();
+  std::unique_lock<std::mutex> lock(shared->mutex);
+  shared->finished.wait(lock, [&] { return shared->done.load() == chunks; });
+}
+
 template <ffi::DataType D>
-ffi::Error Search(ffi::Buffer<D> times, ffi::Buffer<D> weights, ffi::Buffer<D> tau_m, ffi::Buffer<D> tau_s,
-                  ffi::Buffer<D> theta, int64_t solver, ffi::ResultBuffer<ffi::PRED> fired,
+ffi::Error Search(ffi::ThreadPool pool, ffi::Buffer<D> times, ffi::Buffer<D> weights, ffi::Buffer<D> tau_m,
+                  ffi::Buffer<D> tau_s, ffi::Buffer<D> theta, int64_t solver, ffi::ResultBuffer<ffi::PRED> fired,
                   ffi::ResultBuffer<D> t_k, ffi::ResultBuffer<D> b_k, ffi::ResultBuffer<D> d_k,
                   ffi::ResultBuffer<D> peak) {
   using T = ffi::NativeType<D>;
@@ -588,26 +629,37 @@ ffi::Error Search(ffi::Buffer<D> times, ffi::Buffer<D> weights, ffi::Buffer<D> t
       b_tau_s(tau_s.dimensions(), leading), b_theta(theta.dimensions(), leading), b_out(out_dims, leading);
   int64_t batch = 1;
   for (int64_t a = 0; a < leading; ++a) batch *= out_dims[a];
-  std::vector<int64_t> index(leading, 0);
-  Layer<T> layer(solver, n_out);
-  for (int64_t s = 0; s < batch; ++s) {
-    layer.SetNeurons(tau_m.typed_data() + b_tau_m.Offset(index), tau_s.typed_data() + b_tau_s.Offset(index),
-                     tau_shared, theta.typed_data() + b_theta.Offset(index), theta_shared);
-    const int64_t out = b_out.Offset(index);
-    layer.SetWeights(weights.typed_data() + b_w.Offset(index), n_in);
-    layer.Walk(times.typed_data() + b_times.Offset(index), n_in, fired->typed_data() + out, t_k->typed_data() + out,
-               b_k->typed_data() + out, d_k->typed_data() + out, peak->typed_data() + out);
-    for (int64_t a = leading - 1; a >= 0; --a) {  // next batch index
-      if (++index[a] < out_dims[a]) break;
-      index[a] = 0;
+  // Samples [begin, end) with their own scratch (a `Layer` per chunk; each sample is independent).
+  auto work = [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> index(leading, 0);
+    for (int64_t a = leading - 1, rest = begin; a >= 0; --a) {
+      index[a] = rest % out_dims[a];
+      rest /= out_dims[a];
     }
-  }
+    Layer<T> layer(solver, n_out);
+    for (int64_t s = begin; s < end; ++s) {
+      layer.SetNeurons(tau_m.typed_data() + b_tau_m.Offset(index), tau_s.typed_data() + b_tau_s.Offset(index),
+                       tau_shared, theta.typed_data() + b_theta.Offset(index), theta_shared);
+      const int64_t out = b_out.Offset(index);
+      layer.SetWeights(weights.typed_data() + b_w.Offset(index), n_in);
+      layer.Walk(times.typed_data() + b_times.Offset(index), n_in, fired->typed_data() + out,
+                 t_k->typed_data() + out, b_k->typed_data() + out, d_k->typed_data() + out,
+                 peak->typed_data() + out);
+      for (int64_t a = leading - 1; a >= 0; --a) {  // next batch index
+        if (++index[a] < out_dims[a]) break;
+        index[a] = 0;
+      }
+    }
+  };
+  // A chunk is worth a task from about 4096 (input, neuron) pairs (≈ 10 µs).
+  ParallelFor(pool, batch, std::max<int64_t>(1, 4096 / std::max<int64_t>(n_in * n_out, 1)), work);
   return ffi::Error::Success();
 }
 
 template <ffi::DataType D>
 auto Binding() {
   return ffi::Ffi::Bind()
+      .template Ctx<ffi::ThreadPool>()
       .template Arg<ffi::Buffer<D>>()
       .template Arg<ffi::Buffer<D>>()
       .template Arg<ffi::Buffer<D>>()
