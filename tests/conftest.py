@@ -3,7 +3,8 @@
 The tests run small programs, so compiling them costs far more than running them: XLA's LLVM
 backend skips its optimisation passes here (``--xla_backend_optimization_level=0``; the same IEEE
 arithmetic, compiled ≈ 40 % faster, run slower). Set in ``XLA_FLAGS`` before JAX starts its backend,
-so subprocesses (CLI runs, notebook kernels) inherit it.
+so subprocesses (CLI runs, notebook kernels) inherit it. The command line's persistent compilation
+cache stays off (one test turns it on in a subprocess).
 """
 
 import os
@@ -11,6 +12,7 @@ from pathlib import Path
 
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+os.environ["FSNN_COMPILATION_CACHE"] = "0"  # CLI runs in the tests write no compiled programs to disk
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

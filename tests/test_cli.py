@@ -80,3 +80,37 @@ def test_more_devices_than_visible_is_a_clear_error(tmp_path, capsys):
     assert code == 2
     assert "`devices` is 64" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()  # nothing written
+
+
+def test_command_line_keeps_compiled_programs_across_processes(tmp_path):
+    """`fsnn train` writes its compiled programs to the cache folder; a second process loads them and
+    gets the same result (the tests otherwise run with the cache off, `conftest.py`)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from fsnn.core import cpu_kernel
+
+    cache = tmp_path / "cache"
+    if cpu_kernel.available():  # the native kernel comes along: not built again
+        cache.mkdir()
+        shutil.copy(cpu_kernel.library_path(), cache / cpu_kernel.library_path().name)
+    env = {**os.environ, "FSNN_COMPILATION_CACHE": "1", "FSNN_CACHE_DIR": str(cache)}
+    env["JAX_DEBUG_LOG_MODULES"] = "jax._src.compiler"  # logs each persistent-cache hit
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    results = []
+    for run in ("first", "second"):
+        workdir = tmp_path / run
+        command = [sys.executable, "-m", "fsnn.cli", "train", "yinyang", "--smoke", "--quiet", "--no-figures"]
+        command += ["--epochs", "1", "--set", "hidden=(16,)", "--workdir", str(workdir)]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr[-2000:]
+        hits = [line for line in done.stderr.splitlines() if "Persistent compilation cache hit" in line]
+        results.append(json.loads((workdir / "results.json").read_text()))
+        if run == "first":
+            assert not hits and list((cache / "xla").glob("*/*_train_epoch*")), "the epoch program is cached"
+        else:
+            assert any("_train_epoch" in line for line in hits) and any("_evaluate" in line for line in hits)
+    assert results[0]["test_accuracy"] == results[1]["test_accuracy"]
+    assert results[0]["test_loss"] == results[1]["test_loss"]

@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
+from fsnn.xla import cache_dir, cpu_identity
+
 __all__ = ["available", "causal_prefix_native", "library_path", "supports"]
 
 _SOURCE = pathlib.Path(__file__).with_name("cpu_kernel.cc")
@@ -42,7 +44,7 @@ _SOLVER_IDS = {"lambertw": 0, "quadratic": 1, "root": 2}
 # IEEE arithmetic kept, and no fused multiply-adds: the same results whatever the vector unit.
 _FLAGS = ("-O3", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC")
 # For this machine's vector units (e.g. AVX2: ≈ 1.5x on Yin-Yang's hidden layer); the library is
-# keyed by the CPU (`_cpu_identity`), and a compiler that does not know the flag builds without it.
+# keyed by the CPU (`fsnn.xla.cpu_identity`), and a compiler that does not know the flag builds without it.
 _ISA_FLAGS = ("-march=native",)
 
 
@@ -50,29 +52,13 @@ def _compiler() -> list[str]:
     return shlex.split(os.environ.get("CXX", "c++"))
 
 
-def _cpu_identity() -> str:
-    """The CPU's model and feature flags (what ``-march=native`` compiles for), as far as known."""
-    try:
-        lines = pathlib.Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor()
-    fields = ("model name", "flags", "Features", "CPU implementer", "CPU part")
-    return "\n".join(sorted({line.strip() for line in lines if line.split(":")[0].strip() in fields}))
-
-
-def _cache_dir() -> pathlib.Path:
-    if os.environ.get("FSNN_CACHE_DIR"):
-        return pathlib.Path(os.environ["FSNN_CACHE_DIR"])
-    return pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "fsnn"
-
-
 def library_path() -> pathlib.Path:
     """Where the compiled kernel for this source, jaxlib, compiler and CPU lives (or will)."""
     import jaxlib
 
     flags = " ".join(_compiler() + list(_FLAGS + _ISA_FLAGS))
-    key = "\n".join([_SOURCE.read_text(), jaxlib.__version__, flags, platform.machine(), _cpu_identity()])
-    return _cache_dir() / f"cpu_kernel-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+    key = "\n".join([_SOURCE.read_text(), jaxlib.__version__, flags, platform.machine(), cpu_identity()])
+    return cache_dir() / f"cpu_kernel-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
 
 
 def _build(target: pathlib.Path) -> None:
