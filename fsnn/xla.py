@@ -21,7 +21,7 @@ import platform
 import jax
 import jax.numpy as jnp
 
-__all__ = ["CPU_OPTIONS", "cache_dir", "jit", "use_compilation_cache"]
+__all__ = ["CPU_OPTIONS", "cache_dir", "cpu_identity", "jit", "use_compilation_cache"]
 
 CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 

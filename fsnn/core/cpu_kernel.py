@@ -11,8 +11,8 @@ spike-time solve and every gradient stay in JAX.
 The kernel is compiled on first use with the system C++ compiler (``$CXX``, else ``c++``) for this
 CPU's vector units against the FFI headers that ship with jaxlib, into ``$FSNN_CACHE_DIR`` (default
 ``~/.cache/fsnn``), one library per source, jaxlib version, compiler, flags and CPU; later processes
-load it. Without
-a compiler fsnn warns once and uses the XLA search; ``FSNN_NATIVE=0`` chooses that silently.
+load it. Without a compiler fsnn warns once and uses the XLA search; ``FSNN_NATIVE=0`` chooses that
+silently.
 """
 
 from __future__ import annotations
