@@ -1,12 +1,13 @@
-"""Encoding of analog values as spike times (early = large value by default)."""
+"""Encoding of analog values as spike times (early = large value by default), and training-input
+perturbations (noise, image translations)."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, ArrayLike, Float, Int
 
-__all__ = ["values_to_times", "add_input_noise"]
+__all__ = ["values_to_times", "add_input_noise", "shift_image"]
 
 
 def values_to_times(
@@ -27,3 +28,22 @@ def add_input_noise(
     """Gaussian jitter for training inputs: negative results are reflected (t -> -t), silent stays silent."""
     noisy = jnp.abs(times + sigma * jax.random.normal(key, times.shape, times.dtype))
     return jnp.where(jnp.isfinite(times), noisy, times)
+
+
+def shift_image(image: Float[Array, " pixels"], shift: Int[ArrayLike, " 2"], side: int) -> Float[Array, " pixels"]:
+    """A square image of spike times (``side x side``, flattened) translated by whole pixels.
+
+    ``shift = (dy, dx)`` moves the content ``dy`` rows down and ``dx`` columns right; the uncovered
+    border takes the image's latest spike time (``inf`` if any pixel is silent), which is the
+    background (a dark pixel) in the image encodings of `fsnn.data`. One sample; vmap for batches.
+
+    Example:
+        >>> shift_image(jnp.array([0.1, 0.2, 0.3, 2.0]), jnp.array([0, 1]), side=2)
+        Array([2. , 0.1, 2. , 0.3], dtype=float32)
+    """
+    shift = jnp.asarray(shift)
+    rows = jnp.arange(side)[:, None] - shift[0]
+    cols = jnp.arange(side)[None, :] - shift[1]
+    inside = (rows >= 0) & (rows < side) & (cols >= 0) & (cols < side)
+    source = jnp.clip(rows, 0, side - 1) * side + jnp.clip(cols, 0, side - 1)
+    return jnp.where(inside.ravel(), image[source.ravel()], jnp.max(image))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fsnn.train import Config, apply_overrides, load_config
+from fsnn.train import Config, ConfigError, apply_overrides, load_config
 
 
 def test_published_yinyang_config():
@@ -38,6 +38,7 @@ def test_overrides_parse_types():
         ("solver", "'quadratic'", "'quadratic' needs tau_m == 2 tau_s"),
         ("max_missing", "(0.3,)", "`max_missing` needs one fraction per layer"),
         ("trainable_neuron", "('tau',)", "`trainable_neuron`"),
+        ("augment_shift", "1", "`augment_shift` translates images and must be 0 for yinyang"),
     ],
 )
 def test_bad_values_fail_with_the_key_named(key, value, match):
@@ -63,3 +64,9 @@ def test_every_experiment_loads_and_validates():
     assert (chip.n_inputs, chip.sizes, chip.substrate_weight_bits, chip.in_the_loop) == (256, (246, 10), 6, True)
     best = load_config("yinyang_best")
     assert resolve_solver(best.neuron) == "quadratic" and best.g_leak * best.tau_m == 1.0
+
+
+def test_image_shift_is_bounded_by_the_image_side():
+    assert apply_overrides(load_config("mnist16"), {"augment_shift": "2"}).augment_shift == 2
+    with pytest.raises(ConfigError, match=r"`augment_shift` must be a whole number of pixels in 0 \.\. 15"):
+        apply_overrides(load_config("mnist16"), {"augment_shift": "16"})

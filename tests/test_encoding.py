@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fsnn.encoding import add_input_noise, values_to_times
+from fsnn.encoding import add_input_noise, shift_image, values_to_times
 
 
 def test_values_to_times():
@@ -18,3 +18,16 @@ def test_noise_reflects_and_keeps_silence():
     assert float(noisy[-1]) == np.inf
     assert float(noisy[:-1].min()) >= 0.0  # reflected, never negative
     assert 0.15 < float(jnp.std(noisy[:-1])) < 0.3  # folded normal
+
+
+def test_shift_image_translates_and_fills_with_the_background():
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0.15, 1.9, (5, 5))
+    image[0, 0] = 2.0  # the background: the latest time of the image
+    for dy, dx in [(0, 0), (1, -2), (-3, 4), (5, 0)]:
+        expected = np.full((7 + 10, 7 + 10), 2.0)
+        expected[6 + dy : 11 + dy, 6 + dx : 11 + dx] = image
+        out = shift_image(jnp.asarray(image.ravel()), jnp.array([dy, dx]), side=5)
+        np.testing.assert_array_equal(np.asarray(out).reshape(5, 5), expected[6:11, 6:11])
+    silent = jnp.where(jnp.arange(9) % 2 == 0, 0.5, jnp.inf)  # a silent background stays silent
+    assert np.isinf(np.asarray(shift_image(silent, jnp.array([0, -1]), side=3))[2::3]).all()

@@ -6,6 +6,7 @@ import ast
 import dataclasses
 import importlib.util
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -80,6 +81,9 @@ class Config:
     eval_batch_size: int = 200
     epochs: int = 300
     input_noise: float = 0.0
+    # training images translated by up to this many pixels in each direction (uniform, per sample
+    # and step; the border takes the background); image datasets only
+    augment_shift: int = 0
     # remedies
     weight_bumping: bool = True
     bump_value: float = 5e-4
@@ -190,6 +194,11 @@ class Config:
             bad("adam_eps_root", f"must be >= 0; got {self.adam_eps_root}.")
         if self.input_noise < 0:
             bad("input_noise", f"must be >= 0; got {self.input_noise}.")
+        side = math.isqrt(self.n_inputs)  # images are square
+        if self.augment_shift and self.dataset == "yinyang":
+            bad("augment_shift", f"translates images and must be 0 for yinyang; got {self.augment_shift}.")
+        if not 0 <= self.augment_shift < side:
+            bad("augment_shift", f"must be a whole number of pixels in 0 .. {side - 1}; got {self.augment_shift}.")
         if self.max_dw_norm is not None and not self.max_dw_norm > 0:
             bad("max_dw_norm", f"must be > 0 or None (off); got {self.max_dw_norm}.")
         if not 0 <= self.t_early < self.t_late:
