@@ -25,7 +25,7 @@ def test_shift_image_translates_and_fills_with_the_background():
     image = rng.uniform(0.15, 1.9, (5, 5))
     image[0, 0] = 2.0  # the background: the latest time of the image
     for dy, dx in [(0, 0), (1, -2), (-3, 4), (5, 0)]:
-        expected = np.full((7 + 10, 7 + 10), 2.0)
+        expected = np.full((17, 17), 2.0)  # the image moved on a background canvas with a margin of 6
         expected[6 + dy : 11 + dy, 6 + dx : 11 + dx] = image
         out = shift_image(jnp.asarray(image.ravel()), jnp.array([dy, dx]), side=5)
         np.testing.assert_array_equal(np.asarray(out).reshape(5, 5), expected[6:11, 6:11])
