@@ -38,8 +38,8 @@ def shift_image(image: Float[Array, " pixels"], shift: Int[ArrayLike, " 2"], sid
     background (a dark pixel) in the image encodings of `fsnn.data`. One sample; vmap for batches.
 
     Example:
-        >>> shift_image(jnp.array([0.1, 0.2, 0.3, 2.0]), jnp.array([0, 1]), side=2)
-        Array([2. , 0.1, 2. , 0.3], dtype=float32)
+        >>> shift_image(jnp.array([0.5, 0.25, 0.75, 2.0]), jnp.array([0, 1]), side=2).tolist()
+        [2.0, 0.5, 2.0, 0.75]
     """
     shift = jnp.asarray(shift)
     rows = jnp.arange(side)[:, None] - shift[0]
