@@ -43,7 +43,7 @@ _SYMBOLS = {"fsnn_causal_prefix_f32": "FsnnCausalPrefixF32", "fsnn_causal_prefix
 _SOLVER_IDS = {"lambertw": 0, "quadratic": 1, "root": 2}
 # IEEE arithmetic kept, and no fused multiply-adds: the same results whatever the vector unit.
 _FLAGS = ("-O3", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC")
-# For this machine's vector units (e.g. AVX2: ≈ 1.5x on Yin-Yang's hidden layer); the library is
+# For this machine's vector units (e.g. AVX2: ≈ 1.7x on Yin-Yang's hidden layer, BENCHMARKS.md); the library is
 # keyed by the CPU (`fsnn.xla.cpu_identity`), and a compiler that does not know the flag builds without it.
 _ISA_FLAGS = ("-march=native",)
 
