@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, ArrayLike, Float
 
+from fsnn.core.batch_grad import batch_spike_times
 from fsnn.core.neuron import LIFParams
 from fsnn.core.spike_time import layer_spike_times, resolve_solver
 
@@ -97,6 +98,31 @@ class SpikingDense(nnx.Module):
             self.with_bias(input_times), self.kernel[...], self.neuron_with(neuron), solver=self.solver
         )
 
+    def batch(
+        self,
+        input_times: Float[Array, "batch n_in"],
+        neuron: Mapping[str, ArrayLike] | None = None,
+        *,
+        max_dw_norm: float | Array | None = None,
+        drop_counter: Float[ArrayLike, ""] = 0.0,
+    ) -> Float[Array, "batch n_out"]:
+        """Spike times of a batch with the batch-level backward pass (`fsnn.core.batch_grad`).
+
+        For first-order training of the weights: faster than `jax.vmap` of ``__call__``, with the
+        gradient drop ``max_dw_norm`` built in (its count is the gradient of ``drop_counter``).
+        Learned neuron parameters need ``__call__``.
+        """
+        if self.neuron_learned:
+            raise ValueError("`batch` trains weights only; a layer with learned neuron parameters needs `__call__`.")
+        return batch_spike_times(
+            jax.vmap(self.with_bias)(input_times),
+            self.kernel[...],
+            self.neuron_with(neuron),
+            solver=self.solver,
+            max_dw_norm=max_dw_norm,
+            drop_counter=drop_counter,
+        )
+
     def with_bias(self, input_times: Float[Array, " n_in"]) -> Float[Array, " n_rows"]:
         """``input_times`` in the parameters' dtype with the bias spikes appended (one per kernel row)."""
         input_times = jnp.asarray(input_times, self.kernel[...].dtype)
@@ -143,6 +169,26 @@ class SpikingNetwork(nnx.Module):
         out = []
         for i, layer in enumerate(self.layers):
             input_times = layer(input_times, None if neurons is None else neurons[i])
+            out.append(input_times)
+        return out
+
+    def batch(
+        self,
+        input_times: Float[Array, "batch n_in"],
+        neurons: Sequence[Mapping[str, ArrayLike]] | None = None,
+        *,
+        max_dw_norm: float | Array | None = None,
+        drop_counters: Float[ArrayLike, " n_layers"] | None = None,
+    ) -> list[Float[Array, "batch n"]]:
+        """Spike times of every layer for a batch through `SpikingDense.batch` (first-order training).
+
+        ``drop_counters``: one per layer; their gradients count each layer's dropped columns.
+        """
+        counters = jnp.zeros(len(self.layers)) if drop_counters is None else drop_counters
+        out = []
+        for i, layer in enumerate(self.layers):
+            neuron = None if neurons is None else neurons[i]
+            input_times = layer.batch(input_times, neuron, max_dw_norm=max_dw_norm, drop_counter=counters[i])
             out.append(input_times)
         return out
 

@@ -159,3 +159,27 @@ def test_loss_sees_output_times_in_units_of_tau_s():
         got = trainer.loss_fn(times, label, trainer.hp)
         np.testing.assert_allclose(got, expected, rtol=1e-6)
         assert abs(float(in_absolute_time) - float(got)) > 1.0
+
+
+@pytest.mark.parametrize("max_dw_norm", [1e-3, None])
+def test_first_order_step_equals_the_per_sample_custom_jvp_step(max_dw_norm):
+    """The training step's batch-level backward pass (`fsnn.core.batch_grad`) against the per-sample
+    gradients of `layer_spike_times` under `jax.vmap` (what hypergradients differentiate): same loss,
+    gradient and dropped count, with the gradient drop dropping columns (or off)."""
+    config = dataclasses.replace(TINY, max_dw_norm=max_dw_norm, dtype="float64")
+    trainer = Trainer(config)
+    x, y = load_data(config)["train"]
+    x, y = x[:64], y[:64]
+    valid = np.arange(64) < 60  # a padded last batch
+    state = trainer.init_state()
+
+    def grads(first_order):
+        keys = None
+        return jax.jit(lambda p: trainer._grads(p, x, y, valid, trainer.hp, keys, first_order))(state.params)
+
+    (loss, _, grad, dropped), (loss_ref, _, grad_ref, dropped_ref) = grads(True), grads(False)
+    np.testing.assert_allclose(loss, loss_ref, rtol=1e-12)
+    assert int(dropped) == int(dropped_ref)
+    assert (0 < int(dropped) < 60 * sum(config.sizes)) == (max_dw_norm is not None)  # some columns, not all
+    for got, want in zip(jax.tree.leaves(grad), jax.tree.leaves(grad_ref)):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12 * float(np.max(np.abs(want))))

@@ -656,6 +656,368 @@ ffi::Error Search(ffi::ThreadPool pool, ffi::Buffer<D> times, ffi::Buffer<D> wei
   return ffi::Error::Success();
 }
 
+// ---- The backward pass of a layer for a whole batch (`fsnn.core.batch_grad`) ----
+//
+// Per sample and pair (i, j) with s = T_j - t_i > 0: kappa(s) and kappa'(s) = e^{-s/tau_s} -
+// kappa/tau_m (`_kernels`). Per fired neuron j with cotangent g_j: slope_j = sum_i w_ij kappa'_ij / C
+// and a_j = g_j / max(slope_j, floor); then grad t_i = sum_j a_j w_ij kappa'_ij / C and grad w_ij =
+// -sum over samples of a_j kappa_ij / C, without the columns (sample, j) whose largest entry
+// |a_j| max_i kappa_ij / C exceeds max_norm (the gradient drop, `fsnn.remedies`), which are counted.
+// Nothing of size batch x n_in x n_out is stored: kappa is recomputed in a second pass. The closed
+// forms need one exponential per pair, e^{-s/tau} with tau = tau_s (lambertw) or tau_m (quadratic);
+// it factorises, e^{(t_i - r)/tau} e^{(r - T_j)/tau} with r the sample's last spike, into one per
+// input and one per neuron, where the sample's times span less than `FactorSpan` time constants
+// (neither factor overflows); else, and for other ratios, one per pair.
+
+template <typename T>
+struct VjpConstants {
+  T tau_m, tau_s, inv_tau_m, inv_tau_s, inv_tau_e, inv_c, floor, max_norm;
+  VjpConstants(const T* c, int64_t solver)  // tau_m (the kernel's), tau_s, C, slope floor, max_norm
+      : tau_m(c[0]), tau_s(c[1]), inv_tau_m(T(1) / c[0]), inv_tau_s(T(1) / c[1]),
+        inv_tau_e(solver == kQuadratic ? inv_tau_m : inv_tau_s), inv_c(T(1) / c[2]), floor(c[3]), max_norm(c[4]) {}
+};
+
+template <typename T>
+constexpr T FactorSpan() {
+  return sizeof(T) == 8 ? T(600) : T(70);
+}
+
+// kappa and kappa' at s (0, 0 unless `live`) from e = e^{-s/tau} (closed forms; the root solver
+// computes its own). Branch-free, so that loops over pairs vectorise.
+template <typename T, int64_t S>
+inline void PairKernels(const VjpConstants<T>& c, T s, T e, bool live, T& kappa, T& dkappa) {
+  s = live ? s : T(0);
+  T k, e_s;
+  if constexpr (S == kLambertW) {
+    e_s = e;
+    k = s * e;
+  } else if constexpr (S == kQuadratic) {
+    e_s = e * e;
+    k = c.tau_m * (e - e_s);
+  } else {
+    e_s = std::exp(-s * c.inv_tau_s);
+    k = Psp(s, c.tau_m, c.tau_s);
+  }
+  kappa = live ? k : T(0);
+  dkappa = live ? e_s - k * c.inv_tau_m : T(0);
+}
+
+// e^{-s/tau} of a pair: the product of its factors (`kFactored`), else directly (0 where s <= 0).
+template <typename T, bool kFactored>
+inline T PairExp(const VjpConstants<T>& c, T s, T e_in, T e_out) {
+  if constexpr (kFactored) return e_in * e_out;
+  return ExpNonPositive(-(s > T(0) ? s : T(0)) * c.inv_tau_e);
+}
+
+// A neuron's coefficients from its summed slope and largest kappa: `to_t` (for the input
+// gradient) and `to_w` (for the weight gradient; 0 if the column is dropped). Returns 1 if dropped.
+template <typename T>
+inline int64_t Coefficients(const VjpConstants<T>& c, T g, T slope_sum, T kappa_max, T* to_t, T* to_w) {
+  const T a = g / std::max(slope_sum * c.inv_c, c.floor);
+  const bool drop = std::abs(a) * kappa_max * c.inv_c > c.max_norm;
+  *to_t = a * c.inv_c;
+  *to_w = drop ? T(0) : -a * c.inv_c;
+  return drop ? 1 : 0;
+}
+
+constexpr int64_t kLanes = 8;  // independent partial sums of a reduction (they vectorise)
+
+// The per-sample work, with scratch reused between samples. Two layouts: over neurons (weights
+// [n_in, width], width = n_out padded to kLanes, vectorised over the neurons: wide layers) and over
+// inputs (transposed weights [n_out, width], width = n_in padded: few neurons, e.g. an output layer).
+template <typename T>
+class SampleVjp {
+ public:
+  SampleVjp(int64_t solver, int64_t n_in, int64_t n_out, int64_t width, const VjpConstants<T>& c)
+      : solver_(solver), n_in_(n_in), n_out_(n_out), width_(width), c_(c) {}
+
+  // One sample: writes grad_t [n_in], adds to grad_w (the layout's); returns the dropped columns.
+  int64_t OverNeurons(const T* t_in, const T* w, const T* t_out, const T* g, T* grad_t, T* grad_w) {
+    t_.assign(width_, -std::numeric_limits<T>::infinity());  // T_j, -inf if silent
+    e_out_.assign(width_, T(0));
+    last_ = -std::numeric_limits<T>::infinity();
+    T first = std::numeric_limits<T>::infinity();
+    for (int64_t j = 0; j < n_out_; ++j) {
+      if (!std::isfinite(t_out[j])) continue;
+      t_[j] = t_out[j];
+      last_ = std::max(last_, t_[j]), first = std::min(first, t_[j]);
+    }
+    for (int64_t i = 0; i < n_in_; ++i) first = t_in[i] < last_ ? std::min(first, t_in[i]) : first;
+    e_in_.resize(n_in_);
+    const bool factored = Factored(first);
+    if (factored) {
+      for (int64_t j = 0; j < width_; ++j) {
+        e_out_[j] = std::isfinite(t_[j]) ? T(1) / ExpNonPositive((t_[j] - last_) * c_.inv_tau_e) : T(0);
+      }
+      for (int64_t i = 0; i < n_in_; ++i) {
+        e_in_[i] = t_in[i] < last_ ? ExpNonPositive((t_in[i] - last_) * c_.inv_tau_e) : T(0);
+      }
+    }
+    switch (solver_ + 3 * factored) {
+      case kLambertW:
+        return OverNeurons<kLambertW, false>(t_in, w, g, grad_t, grad_w);
+      case kQuadratic:
+        return OverNeurons<kQuadratic, false>(t_in, w, g, grad_t, grad_w);
+      case 3 + kLambertW:
+        return OverNeurons<kLambertW, true>(t_in, w, g, grad_t, grad_w);
+      case 3 + kQuadratic:
+        return OverNeurons<kQuadratic, true>(t_in, w, g, grad_t, grad_w);
+      default:
+        return OverNeurons<kRoot, false>(t_in, w, g, grad_t, grad_w);
+    }
+  }
+
+  int64_t OverInputs(const T* t_in, const T* w_t, const T* t_out, const T* g, T* grad_t, T* grad_w_t) {
+    x_.assign(width_, std::numeric_limits<T>::infinity());  // input times, +inf if silent or padding
+    last_ = -std::numeric_limits<T>::infinity();
+    T first = std::numeric_limits<T>::infinity();
+    for (int64_t j = 0; j < n_out_; ++j) {
+      if (std::isfinite(t_out[j])) last_ = std::max(last_, t_out[j]), first = std::min(first, t_out[j]);
+    }
+    for (int64_t i = 0; i < n_in_; ++i) {
+      x_[i] = t_in[i];
+      first = t_in[i] < last_ ? std::min(first, t_in[i]) : first;
+    }
+    e_in_.assign(width_, T(0));
+    const bool factored = Factored(first);
+    if (factored) {
+      for (int64_t i = 0; i < width_; ++i) {
+        e_in_[i] = x_[i] < last_ ? ExpNonPositive((x_[i] - last_) * c_.inv_tau_e) : T(0);
+      }
+    }
+    switch (solver_ + 3 * factored) {
+      case kLambertW:
+        return OverInputs<kLambertW, false>(w_t, t_out, g, grad_t, grad_w_t);
+      case kQuadratic:
+        return OverInputs<kQuadratic, false>(w_t, t_out, g, grad_t, grad_w_t);
+      case 3 + kLambertW:
+        return OverInputs<kLambertW, true>(w_t, t_out, g, grad_t, grad_w_t);
+      case 3 + kQuadratic:
+        return OverInputs<kQuadratic, true>(w_t, t_out, g, grad_t, grad_w_t);
+      default:
+        return OverInputs<kRoot, false>(w_t, t_out, g, grad_t, grad_w_t);
+    }
+  }
+
+ private:
+  bool Factored(T first) const {
+    return solver_ != kRoot && std::isfinite(last_) && (last_ - first) * c_.inv_tau_e < FactorSpan<T>();
+  }
+
+  template <int64_t S, bool F>
+  int64_t OverNeurons(const T* t_in, const T* w, const T* g, T* grad_t, T* grad_w) {
+    const int64_t width = width_, n_in = n_in_, n_out = n_out_;
+    const VjpConstants<T> c = c_;  // locals: no stores through the loops' pointers can change them
+    const T last = last_;
+    scratch_.assign(4 * width, T(0));
+    T* __restrict slope = scratch_.data();
+    T* __restrict k_max = slope + width;
+    T* __restrict to_t = k_max + width;
+    T* __restrict to_w = to_t + width;
+    const T* __restrict t = t_.data();
+    const T* __restrict e_out = e_out_.data();
+    const T* __restrict e_ins = e_in_.data();
+    for (int64_t i = 0; i < n_in; ++i) {
+      const T x = t_in[i], e_in = e_ins[i];
+      if (!(x < last)) continue;  // silent, or after every spike: no live pair
+      const T* __restrict row = w + i * width;
+      for (int64_t j = 0; j < width; ++j) {
+        const T s = t[j] - x;
+        T k, dk;
+        PairKernels<T, S>(c, s, PairExp<T, F>(c, s, e_in, e_out[j]), s > T(0), k, dk);
+        slope[j] += row[j] * dk;
+        k_max[j] = std::max(k_max[j], k);
+      }
+    }
+    int64_t dropped = 0;
+    for (int64_t j = 0; j < n_out; ++j) {
+      if (std::isfinite(t[j])) dropped += Coefficients(c, g[j], slope[j], k_max[j], &to_t[j], &to_w[j]);
+    }
+    for (int64_t i = 0; i < n_in; ++i) {
+      const T x = t_in[i], e_in = e_ins[i];
+      grad_t[i] = T(0);
+      if (!(x < last)) continue;
+      const T* __restrict row = w + i * width;
+      T* __restrict grad_row = grad_w + i * width;
+      T acc[kLanes] = {};
+      for (int64_t jb = 0; jb < width; jb += kLanes) {
+        for (int64_t l = 0; l < kLanes; ++l) {
+          const int64_t j = jb + l;
+          const T s = t[j] - x;
+          T k, dk;
+          PairKernels<T, S>(c, s, PairExp<T, F>(c, s, e_in, e_out[j]), s > T(0), k, dk);
+          grad_row[j] += to_w[j] * k;
+          acc[l] += to_t[j] * row[j] * dk;
+        }
+      }
+      T sum = T(0);
+      for (int64_t l = 0; l < kLanes; ++l) sum += acc[l];
+      grad_t[i] = sum;
+    }
+    return dropped;
+  }
+
+  template <int64_t S, bool F>
+  int64_t OverInputs(const T* w_t, const T* t_out, const T* g, T* grad_t, T* grad_w_t) {
+    const int64_t width = width_, n_in = n_in_, n_out = n_out_;
+    const VjpConstants<T> c = c_;
+    const T last = last_;
+    scratch_.assign(3 * width, T(0));
+    T* __restrict k = scratch_.data();  // this neuron's kappa and w kappa' per input
+    T* __restrict wdk = k + width;
+    T* __restrict gt = wdk + width;
+    const T* __restrict x = x_.data();
+    const T* __restrict e_in = e_in_.data();
+    int64_t dropped = 0;
+    for (int64_t j = 0; j < n_out; ++j) {
+      const T tj = t_out[j];
+      if (!std::isfinite(tj) || g[j] == T(0)) continue;  // nothing flows through this neuron
+      const T e_out = F ? T(1) / ExpNonPositive((tj - last) * c.inv_tau_e) : T(0);
+      const T* __restrict row = w_t + j * width;
+      T slope[kLanes] = {}, k_max[kLanes] = {};
+      for (int64_t ib = 0; ib < width; ib += kLanes) {
+        for (int64_t l = 0; l < kLanes; ++l) {
+          const int64_t i = ib + l;
+          const T s = tj - x[i];
+          T dk;
+          PairKernels<T, S>(c, s, PairExp<T, F>(c, s, e_in[i], e_out), s > T(0), k[i], dk);
+          wdk[i] = row[i] * dk;
+          slope[l] += wdk[i];
+          k_max[l] = std::max(k_max[l], k[i]);
+        }
+      }
+      T slope_sum = T(0), kappa_max = T(0);
+      for (int64_t l = 0; l < kLanes; ++l) slope_sum += slope[l], kappa_max = std::max(kappa_max, k_max[l]);
+      T to_t, to_w;
+      dropped += Coefficients(c, g[j], slope_sum, kappa_max, &to_t, &to_w);
+      T* __restrict grad_row = grad_w_t + j * width;
+      for (int64_t i = 0; i < width; ++i) {
+        gt[i] += to_t * wdk[i];
+        grad_row[i] += to_w * k[i];
+      }
+    }
+    std::copy(gt, gt + n_in, grad_t);
+    return dropped;
+  }
+
+  int64_t solver_, n_in_, n_out_, width_;
+  VjpConstants<T> c_;
+  T last_ = T(0);  // the sample's last spike
+  std::vector<T> t_, x_, e_in_, e_out_, scratch_;
+};
+
+// Operands (leading axes from `jax.vmap(..., vmap_method="expand_dims")`, e.g. a sweep's runs, each
+// the results' size or 1): input times [..., batch, n_in], weights [..., n_in, n_out], spike times
+// and their cotangents [..., batch, n_out], constants [..., 5] (`VjpConstants`). Results: the input
+// times' cotangent [..., batch, n_in], the weights' [..., n_in, n_out] (summed over the batch) and
+// the number of dropped columns [..., 1]. The batch is cut into at most 16 blocks, fixed by the
+// shapes, each summed in sample order and then added in block order: the same bits on any number
+// of threads.
+template <ffi::DataType D>
+ffi::Error LayerVjp(ffi::ThreadPool pool, ffi::Buffer<D> times, ffi::Buffer<D> weights, ffi::Buffer<D> t_out,
+                    ffi::Buffer<D> cotangent, ffi::Buffer<D> constants, int64_t solver,
+                    ffi::ResultBuffer<D> grad_times, ffi::ResultBuffer<D> grad_weights, ffi::ResultBuffer<D> dropped) {
+  using T = ffi::NativeType<D>;
+  const auto w_out_dims = grad_weights->dimensions();
+  const int64_t leading = static_cast<int64_t>(w_out_dims.size()) - 2;
+  if (leading < 0 || static_cast<int64_t>(times.dimensions().size()) != leading + 2 ||
+      static_cast<int64_t>(t_out.dimensions().size()) != leading + 2) {
+    return ffi::Error::InvalidArgument("fsnn layer vjp: operand ranks do not match the results");
+  }
+  if (solver < kLambertW || solver > kRoot) return ffi::Error::InvalidArgument("fsnn layer vjp: unknown solver");
+  const int64_t n_in = w_out_dims[leading], n_out = w_out_dims[leading + 1];
+  const int64_t batch = times.dimensions()[leading];
+  int64_t runs = 1;
+  for (int64_t a = 0; a < leading; ++a) runs *= w_out_dims[a];
+  const Broadcast b_times(times.dimensions(), leading), b_w(weights.dimensions(), leading),
+      b_t(t_out.dimensions(), leading), b_g(cotangent.dimensions(), leading),
+      b_c(constants.dimensions(), leading), b_gt(grad_times->dimensions(), leading),
+      b_gw(w_out_dims, leading), b_n(dropped->dimensions(), leading);
+  auto index_of = [&](int64_t run) {
+    std::vector<int64_t> index(leading, 0);
+    for (int64_t a = leading - 1; a >= 0; --a) {
+      index[a] = run % w_out_dims[a];
+      run /= w_out_dims[a];
+    }
+    return index;
+  };
+  // Few neurons: vectorise over the inputs (transposed weights); else over the neurons.
+  const bool over_inputs = n_out < 2 * kLanes;
+  const int64_t rows = over_inputs ? n_out : n_in;
+  const int64_t width = ((over_inputs ? n_in : n_out) + kLanes - 1) / kLanes * kLanes;
+  const int64_t blocks = std::clamp<int64_t>(batch * n_in * n_out / 4096, 1, std::min<int64_t>(batch, 16));
+  // Per run: the weights padded (and transposed if over the inputs); per run and block: a partial sum.
+  std::vector<T> padded(runs * rows * width, T(0)), partial(runs * blocks * rows * width, T(0));
+  std::vector<int64_t> counts(runs * blocks, 0);
+  for (int64_t r = 0; r < runs; ++r) {
+    const T* w = weights.typed_data() + b_w.Offset(index_of(r));
+    T* p = padded.data() + r * rows * width;
+    for (int64_t i = 0; i < n_in; ++i) {
+      for (int64_t j = 0; j < n_out; ++j) (over_inputs ? p[j * width + i] : p[i * width + j]) = w[i * n_out + j];
+    }
+  }
+  auto work = [&](int64_t begin, int64_t end) {
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t r = unit / blocks, block = unit % blocks;
+      const auto index = index_of(r);
+      SampleVjp<T> sample(solver, n_in, n_out, width, VjpConstants<T>(constants.typed_data() + b_c.Offset(index), solver));
+      const T* x = times.typed_data() + b_times.Offset(index);
+      const T* t = t_out.typed_data() + b_t.Offset(index);
+      const T* g = cotangent.typed_data() + b_g.Offset(index);
+      T* gt = grad_times->typed_data() + b_gt.Offset(index);
+      const T* w = padded.data() + r * rows * width;
+      T* gw = partial.data() + unit * rows * width;
+      int64_t n = 0;
+      for (int64_t s = block * batch / blocks; s < (block + 1) * batch / blocks; ++s) {
+        const T *xs = x + s * n_in, *ts = t + s * n_out, *gs = g + s * n_out;
+        T* gts = gt + s * n_in;
+        n += over_inputs ? sample.OverInputs(xs, w, ts, gs, gts, gw) : sample.OverNeurons(xs, w, ts, gs, gts, gw);
+      }
+      counts[unit] = n;
+    }
+  };
+  ParallelFor(pool, runs * blocks, 1, work);
+  // The blocks' sums in block order, by rows of the weight gradient.
+  auto reduce = [&](int64_t begin, int64_t end) {
+    for (int64_t rr = begin; rr < end; ++rr) {
+      const int64_t r = rr / rows, row = rr % rows;
+      T* gw = grad_weights->typed_data() + b_gw.Offset(index_of(r));
+      std::vector<T> sum(width, T(0));
+      for (int64_t block = 0; block < blocks; ++block) {
+        const T* p = partial.data() + ((r * blocks + block) * rows + row) * width;
+        for (int64_t k = 0; k < width; ++k) sum[k] += p[k];
+      }
+      if (over_inputs) {
+        for (int64_t i = 0; i < n_in; ++i) gw[i * n_out + row] = sum[i];
+      } else {
+        std::copy(sum.begin(), sum.begin() + n_out, gw + row * n_out);
+      }
+    }
+  };
+  ParallelFor(pool, runs * rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(blocks * width, 1)), reduce);
+  for (int64_t r = 0; r < runs; ++r) {
+    int64_t n = 0;
+    for (int64_t block = 0; block < blocks; ++block) n += counts[r * blocks + block];
+    dropped->typed_data()[b_n.Offset(index_of(r))] = static_cast<T>(n);
+  }
+  return ffi::Error::Success();
+}
+
+template <ffi::DataType D>
+auto VjpBinding() {
+  return ffi::Ffi::Bind()
+      .template Ctx<ffi::ThreadPool>()
+      .template Arg<ffi::Buffer<D>>()
+      .template Arg<ffi::Buffer<D>>()
+      .template Arg<ffi::Buffer<D>>()
+      .template Arg<ffi::Buffer<D>>()
+      .template Arg<ffi::Buffer<D>>()
+      .template Attr<int64_t>("solver")
+      .template Ret<ffi::Buffer<D>>()
+      .template Ret<ffi::Buffer<D>>()
+      .template Ret<ffi::Buffer<D>>();
+}
+
 template <ffi::DataType D>
 auto Binding() {
   return ffi::Ffi::Bind()
@@ -677,3 +1039,5 @@ auto Binding() {
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FsnnCausalPrefixF32, Search<ffi::F32>, Binding<ffi::F32>());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FsnnCausalPrefixF64, Search<ffi::F64>, Binding<ffi::F64>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FsnnLayerVjpF32, LayerVjp<ffi::F32>, VjpBinding<ffi::F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FsnnLayerVjpF64, LayerVjp<ffi::F64>, VjpBinding<ffi::F64>());

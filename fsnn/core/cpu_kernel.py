@@ -35,11 +35,17 @@ from jaxtyping import Array, Bool, Float
 
 from fsnn.xla import cache_dir, cpu_identity
 
-__all__ = ["available", "causal_prefix_native", "library_path", "supports"]
+__all__ = ["available", "causal_prefix_native", "layer_vjp_native", "library_path", "supports"]
 
 _SOURCE = pathlib.Path(__file__).with_name("cpu_kernel.cc")
 _TARGETS = {np.dtype(np.float32): "fsnn_causal_prefix_f32", np.dtype(np.float64): "fsnn_causal_prefix_f64"}
-_SYMBOLS = {"fsnn_causal_prefix_f32": "FsnnCausalPrefixF32", "fsnn_causal_prefix_f64": "FsnnCausalPrefixF64"}
+_VJP_TARGETS = {np.dtype(np.float32): "fsnn_layer_vjp_f32", np.dtype(np.float64): "fsnn_layer_vjp_f64"}
+_SYMBOLS = {
+    "fsnn_causal_prefix_f32": "FsnnCausalPrefixF32",
+    "fsnn_causal_prefix_f64": "FsnnCausalPrefixF64",
+    "fsnn_layer_vjp_f32": "FsnnLayerVjpF32",
+    "fsnn_layer_vjp_f64": "FsnnLayerVjpF64",
+}
 _SOLVER_IDS = {"lambertw": 0, "quadratic": 1, "root": 2}
 # IEEE arithmetic kept, and no fused multiply-adds: the same results whatever the vector unit.
 _FLAGS = ("-O3", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC")
@@ -148,3 +154,36 @@ def causal_prefix_native(
         input_times, weights, tau_m, tau_s, theta_c, solver=np.int64(_SOLVER_IDS[solver])
     )
     return fired, t_k, big_b, big_d, peak
+
+
+def layer_vjp_native(
+    solver: str,
+    input_times: Float[Array, "batch n_in"],
+    weights: Float[Array, "n_in n_out"],
+    times: Float[Array, "batch n_out"],
+    cotangent: Float[Array, "batch n_out"],
+    constants: Float[Array, " 5"],
+) -> tuple[Float[Array, "batch n_in"], Float[Array, "n_in n_out"], Float[Array, ""]]:
+    """The backward pass of a layer for a batch (`fsnn.core.batch_grad`): the input times' and the
+    weights' cotangents and the number of dropped gradient columns.
+
+    ``constants``: the kernel's ``tau_m`` (``tau_s`` for lambertw, ``2 tau_s`` for quadratic),
+    ``tau_s``, the capacitance, the slope floor and the largest per-sample weight-gradient entry
+    kept (``inf``: none dropped). Under `jax.vmap` (e.g. a sweep's runs) one call takes them all.
+    """
+    if not available():
+        raise RuntimeError("The native CPU kernel is unavailable (see the warning); use the XLA backward.")
+    dtype = weights.dtype
+    call = jax.ffi.ffi_call(
+        _VJP_TARGETS[np.dtype(dtype)],
+        (
+            jax.ShapeDtypeStruct(input_times.shape, dtype),
+            jax.ShapeDtypeStruct(weights.shape, dtype),
+            jax.ShapeDtypeStruct((1,), dtype),
+        ),
+        vmap_method="expand_dims",
+    )
+    grad_times, grad_weights, dropped = call(
+        input_times, weights, times, cotangent, constants, solver=np.int64(_SOLVER_IDS[solver])
+    )
+    return grad_times, grad_weights, dropped[0]

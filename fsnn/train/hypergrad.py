@@ -97,7 +97,7 @@ def unrolled_validation_loss(
 
     def step(st, batch):
         i, v, k = batch
-        st, _ = trainer._train_step(st, (x[i], y[i], v, k), hp)
+        st, _ = trainer._train_step(st, (x[i], y[i], v, k), hp, first_order=False)  # differentiated again
         return st, None
 
     if remat:

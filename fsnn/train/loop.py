@@ -301,10 +301,13 @@ class Trainer:
         return jax.vmap(self.forward, in_axes=(None, 0, None, 0))(params, x, hp, keys)
 
     # -- one batch ----------------------------------------------------------------------------
-    def _grads(self, params, x, y, valid, hp, keys):
+    def _grads(self, params, x, y, valid, hp, keys, first_order=True):
         """Loss, per-layer times and gradient of the batch-mean loss (gradient drop applied).
 
         ``keys [batch]`` (jitter keys) put the forward pass on the substrate; ``None``: ideal.
+        ``first_order``: the batch-level backward pass (`SpikingNetwork.batch`) where it applies
+        (weights only, ideal forward pass); it cannot be differentiated again (hypergradients
+        pass ``False``: per-sample custom JVPs under `jax.vmap`).
         """
         cfg = self.config
         n_valid = jnp.maximum(jnp.sum(valid), 1).astype(x.dtype)
@@ -313,6 +316,18 @@ class Trainer:
             times = self.forward(p, xi, hp, ki)
             return jnp.where(vi, self.loss_fn(times[-1], yi, hp), 0.0) / n_valid, times
 
+        if first_order and keys is None and not cfg.trainable_neuron:
+            max_norm = None if cfg.max_dw_norm is None else hp["max_dw_norm"]
+
+            def batch_loss(p, counters):
+                model = nnx.merge(self.graphdef, p)
+                times = model.batch(x, self._neurons(hp), max_dw_norm=max_norm, drop_counters=counters)
+                losses = jax.vmap(self.loss_fn, in_axes=(0, 0, None))(times[-1], y, hp)
+                return jnp.sum(jnp.where(valid, losses, 0.0) / n_valid), times
+
+            counters = jnp.zeros(self.n_layers, x.dtype)
+            (loss, times), (grads, dropped) = jax.value_and_grad(batch_loss, (0, 1), has_aux=True)(params, counters)
+            return loss, times, grads, jnp.sum(dropped).astype(jnp.int32)
         if cfg.max_dw_norm is None:
 
             def batch_loss(p):
@@ -332,7 +347,7 @@ class Trainer:
             dropped = dropped + n
         return jnp.sum(losses), times, grads, dropped
 
-    def _train_step(self, state: TrainState, batch, hp):
+    def _train_step(self, state: TrainState, batch, hp, first_order: bool = True):
         cfg = self.config
         x, y, valid, key = batch
         if cfg.augment_shift > 0:
@@ -341,7 +356,7 @@ class Trainer:
         if cfg.input_noise > 0:
             x = add_input_noise(key, x, hp["input_noise"])
         keys = jax.random.split(jax.random.fold_in(key, 1), x.shape[0]) if cfg.in_the_loop else None
-        loss, times, grads, dropped = self._grads(state.params, x, y, valid, hp, keys)
+        loss, times, grads, dropped = self._grads(state.params, x, y, valid, hp, keys, first_order)
         with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes int and float
             updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
