@@ -2,6 +2,7 @@
 
 from fsnn.core import EventTrace as EventTrace
 from fsnn.core import LIFParams as LIFParams
+from fsnn.core import batch_spike_times as batch_spike_times
 from fsnn.core import first_spike_time as first_spike_time
 from fsnn.core import lambertw as lambertw
 from fsnn.core import layer_membrane as layer_membrane

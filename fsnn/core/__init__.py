@@ -1,5 +1,6 @@
 """Pure JAX core of fsnn: neuron model, Lambert W, spike times and an event-driven oracle."""
 
+from fsnn.core.batch_grad import batch_spike_times as batch_spike_times
 from fsnn.core.events import EventTrace as EventTrace
 from fsnn.core.events import simulate_neuron as simulate_neuron
 from fsnn.core.lambertw import lambertw as lambertw
