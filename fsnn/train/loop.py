@@ -312,10 +312,6 @@ class Trainer:
         cfg = self.config
         n_valid = jnp.maximum(jnp.sum(valid), 1).astype(x.dtype)
 
-        def sample_loss(p, xi, yi, vi, ki):
-            times = self.forward(p, xi, hp, ki)
-            return jnp.where(vi, self.loss_fn(times[-1], yi, hp), 0.0) / n_valid, times
-
         if first_order and keys is None and not cfg.trainable_neuron:
             max_norm = None if cfg.max_dw_norm is None else hp["max_dw_norm"]
 
@@ -337,6 +333,11 @@ class Trainer:
 
             (loss, times), grads = jax.value_and_grad(batch_loss, has_aux=True)(params)
             return loss, times, grads, jnp.asarray(0, jnp.int32)
+
+        def sample_loss(p, xi, yi, vi, ki):
+            times = self.forward(p, xi, hp, ki)
+            return jnp.where(vi, self.loss_fn(times[-1], yi, hp), 0.0) / n_valid, times
+
         per_sample = jax.vmap(jax.value_and_grad(sample_loss, has_aux=True), in_axes=(None, 0, 0, 0, 0))
         (losses, times), sample_grads = per_sample(params, x, y, valid, keys)
         grads = jax.tree.map(lambda g: jnp.sum(g, axis=0), sample_grads)
