@@ -747,24 +747,15 @@ class SampleVjp {
     const bool factored = Factored(first);
     if (factored) {
       for (int64_t j = 0; j < width_; ++j) {
-        e_out_[j] = std::isfinite(t_[j]) ? T(1) / ExpNonPositive((t_[j] - last_) * c_.inv_tau_e) : T(0);
+        e_out_[j] = std::isfinite(t_[j]) ? OutputFactor(c_, t_[j], last_) : T(0);
       }
       for (int64_t i = 0; i < n_in_; ++i) {
-        e_in_[i] = t_in[i] < last_ ? ExpNonPositive((t_in[i] - last_) * c_.inv_tau_e) : T(0);
+        e_in_[i] = InputFactor(c_, t_in[i], last_);
       }
     }
-    switch (solver_ + 3 * factored) {
-      case kLambertW:
-        return OverNeurons<kLambertW, false>(t_in, w, g, grad_t, grad_w);
-      case kQuadratic:
-        return OverNeurons<kQuadratic, false>(t_in, w, g, grad_t, grad_w);
-      case 3 + kLambertW:
-        return OverNeurons<kLambertW, true>(t_in, w, g, grad_t, grad_w);
-      case 3 + kQuadratic:
-        return OverNeurons<kQuadratic, true>(t_in, w, g, grad_t, grad_w);
-      default:
-        return OverNeurons<kRoot, false>(t_in, w, g, grad_t, grad_w);
-    }
+    return Dispatch(factored, [&](auto solver, auto factors) {
+      return OverNeurons<decltype(solver)::value, decltype(factors)::value>(t_in, w, g, grad_t, grad_w);
+    });
   }
 
   int64_t OverInputs(const T* t_in, const T* w_t, const T* t_out, const T* g, T* grad_t, T* grad_w_t) {
@@ -782,24 +773,31 @@ class SampleVjp {
     const bool factored = Factored(first);
     if (factored) {
       for (int64_t i = 0; i < width_; ++i) {
-        e_in_[i] = x_[i] < last_ ? ExpNonPositive((x_[i] - last_) * c_.inv_tau_e) : T(0);
+        e_in_[i] = InputFactor(c_, x_[i], last_);
       }
     }
-    switch (solver_ + 3 * factored) {
-      case kLambertW:
-        return OverInputs<kLambertW, false>(w_t, t_out, g, grad_t, grad_w_t);
-      case kQuadratic:
-        return OverInputs<kQuadratic, false>(w_t, t_out, g, grad_t, grad_w_t);
-      case 3 + kLambertW:
-        return OverInputs<kLambertW, true>(w_t, t_out, g, grad_t, grad_w_t);
-      case 3 + kQuadratic:
-        return OverInputs<kQuadratic, true>(w_t, t_out, g, grad_t, grad_w_t);
-      default:
-        return OverInputs<kRoot, false>(w_t, t_out, g, grad_t, grad_w_t);
-    }
+    return Dispatch(factored, [&](auto solver, auto factors) {
+      return OverInputs<decltype(solver)::value, decltype(factors)::value>(w_t, t_out, g, grad_t, grad_w_t);
+    });
   }
 
  private:
+  // The factors of e^{-(T - t)/tau} = e^{(t - r)/tau} e^{(r - T)/tau}, r the sample's last spike.
+  static T InputFactor(const VjpConstants<T>& c, T t, T last) {
+    return t < last ? ExpNonPositive((t - last) * c.inv_tau_e) : T(0);
+  }
+  static T OutputFactor(const VjpConstants<T>& c, T t, T last) { return T(1) / ExpNonPositive((t - last) * c.inv_tau_e); }
+
+  // `body(solver, factored)` with both as compile-time constants (std::integral_constant).
+  template <typename Body>
+  int64_t Dispatch(bool factored, const Body& body) const {
+    using Lambert = std::integral_constant<int64_t, kLambertW>;
+    using Quadratic = std::integral_constant<int64_t, kQuadratic>;
+    if (solver_ == kRoot) return body(std::integral_constant<int64_t, kRoot>{}, std::false_type{});
+    if (solver_ == kLambertW) return factored ? body(Lambert{}, std::true_type{}) : body(Lambert{}, std::false_type{});
+    return factored ? body(Quadratic{}, std::true_type{}) : body(Quadratic{}, std::false_type{});
+  }
+
   bool Factored(T first) const {
     return solver_ != kRoot && std::isfinite(last_) && (last_ - first) * c_.inv_tau_e < FactorSpan<T>();
   }
@@ -872,7 +870,7 @@ class SampleVjp {
     for (int64_t j = 0; j < n_out; ++j) {
       const T tj = t_out[j];
       if (!std::isfinite(tj) || g[j] == T(0)) continue;  // nothing flows through this neuron
-      const T e_out = F ? T(1) / ExpNonPositive((tj - last) * c.inv_tau_e) : T(0);
+      const T e_out = F ? OutputFactor(c, tj, last) : T(0);
       const T* __restrict row = w_t + j * width;
       T slope[kLanes] = {}, k_max[kLanes] = {};
       for (int64_t ib = 0; ib < width; ib += kLanes) {
