@@ -1,4 +1,5 @@
-// The causal-prefix search of a layer on CPU: one XLA FFI custom call for a whole batch.
+// The causal-prefix search of a layer on CPU: one XLA FFI custom call for a whole batch (and, at the
+// end of this file, `LayerVjp`: the layer's backward pass for first-order training, `fsnn.core.batch_grad`).
 //
 // The same walk as `fsnn.core.spike_time._causal_prefix` (see that module for the maths): per
 // sample, sort the finite inputs by time, then advance every neuron's `B, D` one input at a time
@@ -1001,8 +1002,9 @@ ffi::Error LayerVjp(ffi::ThreadPool pool, ffi::Buffer<D> times, ffi::Buffer<D> w
   return ffi::Error::Success();
 }
 
+// The operands of both handlers: XLA's thread pool, five buffers and the solver.
 template <ffi::DataType D>
-auto VjpBinding() {
+auto BindOperands() {
   return ffi::Ffi::Bind()
       .template Ctx<ffi::ThreadPool>()
       .template Arg<ffi::Buffer<D>>()
@@ -1010,27 +1012,22 @@ auto VjpBinding() {
       .template Arg<ffi::Buffer<D>>()
       .template Arg<ffi::Buffer<D>>()
       .template Arg<ffi::Buffer<D>>()
-      .template Attr<int64_t>("solver")
+      .template Attr<int64_t>("solver");
+}
+
+template <ffi::DataType D>
+auto Binding() {
+  return BindOperands<D>()
+      .template Ret<ffi::Buffer<ffi::PRED>>()
+      .template Ret<ffi::Buffer<D>>()
       .template Ret<ffi::Buffer<D>>()
       .template Ret<ffi::Buffer<D>>()
       .template Ret<ffi::Buffer<D>>();
 }
 
 template <ffi::DataType D>
-auto Binding() {
-  return ffi::Ffi::Bind()
-      .template Ctx<ffi::ThreadPool>()
-      .template Arg<ffi::Buffer<D>>()
-      .template Arg<ffi::Buffer<D>>()
-      .template Arg<ffi::Buffer<D>>()
-      .template Arg<ffi::Buffer<D>>()
-      .template Arg<ffi::Buffer<D>>()
-      .template Attr<int64_t>("solver")
-      .template Ret<ffi::Buffer<ffi::PRED>>()
-      .template Ret<ffi::Buffer<D>>()
-      .template Ret<ffi::Buffer<D>>()
-      .template Ret<ffi::Buffer<D>>()
-      .template Ret<ffi::Buffer<D>>();
+auto VjpBinding() {
+  return BindOperands<D>().template Ret<ffi::Buffer<D>>().template Ret<ffi::Buffer<D>>().template Ret<ffi::Buffer<D>>();
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-"""The causal-prefix search of a layer as a native CPU kernel (an XLA FFI custom call).
+"""The causal-prefix search of a layer, and its training backward pass, as native CPU kernels (XLA FFI calls).
 
 On CPU, XLA runs `fsnn.core.spike_time`'s search as a few dozen small loops per layer (a sort, a
 rank search, a scan, the peak test), and in a small network such as Yin-Yang's that per-op work,
@@ -6,7 +6,9 @@ not arithmetic, bounds a training step. ``cpu_kernel.cc`` does the whole search 
 call: sort each sample's inputs, walk them once, stop testing a neuron once it has fired and stop
 the walk once all have (same prefixes as `~fsnn.core.spike_time._causal_prefix`; tested against
 it in float64). A batch is split over XLA's intra-op threads (each sample is independent). The
-spike-time solve and every gradient stay in JAX.
+spike-time solve stays in JAX. A second call is the backward pass of a layer for a whole batch in
+first-order training (`layer_vjp_native`, used by `fsnn.core.batch_grad`); every other gradient
+(the custom JVP of `fsnn.core.spike_time`) stays in JAX.
 
 The kernel is compiled on first use with the system C++ compiler (``$CXX``, else ``c++``) for this
 CPU's vector units against the FFI headers that ship with jaxlib, into ``$FSNN_CACHE_DIR`` (default
