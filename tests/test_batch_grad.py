@@ -141,3 +141,9 @@ def test_neuron_parameter_gradients_are_refused():
         batch_spike_times(x, w, PAPER._replace(threshold=jnp.ones(20)))
     with pytest.raises(ValueError, match=r"\[batch, n_in\]"):
         batch_spike_times(x[0], w, PAPER)
+
+
+def test_empty_batches_and_layers_without_inputs():
+    assert batch_spike_times(jnp.zeros((0, 5)), jnp.ones((5, 3))).shape == (0, 3)
+    silent = batch_spike_times(jnp.zeros((2, 0)), jnp.ones((0, 3)))
+    assert silent.shape == (2, 3) and bool(jnp.all(jnp.isinf(silent)))

@@ -81,12 +81,15 @@ def batch_spike_times(
     input_times = jnp.asarray(input_times)
     if input_times.ndim != 2:
         raise ValueError(f"`input_times` must have shape [batch, n_in]; got {input_times.shape}.")
-    solver, _, weights, params = _checked(input_times[0], weights, params, solver)
+    row = jnp.zeros(input_times.shape[1:], input_times.dtype)  # `_checked` validates one sample
+    solver, _, weights, params = _checked(row, weights, params, solver)
     for name, value in zip(LIFParams._fields, params):
         if np.ndim(value) != 0:
             raise ValueError(f"`params.{name}` must be a scalar here; use layer_spike_times for per-neuron values.")
     dtype = weights.dtype
     input_times = jnp.where(jnp.isnan(input_times), jnp.inf, input_times.astype(dtype))
+    if input_times.shape[0] == 0 or input_times.shape[1] == 0:  # no samples, or no inputs: nothing fires
+        return jnp.full((input_times.shape[0], weights.shape[1]), jnp.inf, dtype)
     max_norm = jnp.asarray(jnp.inf if max_dw_norm is None else max_dw_norm, dtype)
     return _batch_spike_times(solver, input_times, weights, params, max_norm, jnp.asarray(drop_counter, dtype))
 
