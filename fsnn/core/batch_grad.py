@@ -43,6 +43,7 @@ from fsnn.core.spike_time import (
     _checked,
     _forward,
     _kernels,
+    _slope_floor,
     native_on_cpu,
 )
 
@@ -119,7 +120,7 @@ def _constants(solver: str, params: LIFParams, max_norm: Array) -> Float[Array, 
     """``(tau_m of the kernel, tau_s, C, slope floor, max_norm)`` (`_kernels`, `_spike_time_tangent`)."""
     tau_s = params.tau_s
     tau_m = {"lambertw": tau_s, "quadratic": 2.0 * tau_s}.get(solver, params.tau_m)
-    floor = np.sqrt(np.finfo(max_norm.dtype).eps) * (params.threshold - params.e_leak) / tau_s
+    floor = _slope_floor(params, max_norm.dtype)
     return jnp.stack([tau_m, tau_s, params.capacitance, floor, max_norm]).astype(max_norm.dtype)
 
 

@@ -642,11 +642,17 @@ def _spike_time_tangent(solver, t_out, primals, tangents, min_slope=None):
         dv = dv + dv_params
         if "threshold" in moving:
             dv = dv - d_params.threshold
-    if min_slope is None:
-        min_slope = np.sqrt(np.finfo(t_out.dtype).eps)
-    floor = min_slope * (params.threshold - params.e_leak) / params.tau_s
+    floor = _slope_floor(params, t_out.dtype, min_slope)
     dt = -dv / jnp.maximum(slope, floor)
     return jnp.where(fired, dt, 0.0)
+
+
+def _slope_floor(params: LIFParams, dtype, min_slope: float | None = None) -> Array:
+    """The floor of the membrane slope in the implicit-function theorem: ``min_slope (theta - E_l) / tau_s``
+    (default ``min_slope = sqrt(eps)`` of ``dtype``)."""
+    if min_slope is None:
+        min_slope = np.sqrt(np.finfo(dtype).eps)
+    return min_slope * (params.threshold - params.e_leak) / params.tau_s
 
 
 def _spike_times_jvp(solver, primals, tangents):
