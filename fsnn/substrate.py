@@ -19,7 +19,9 @@ In-the-loop training (`chip_layer`): the forward pass is the substrate's (quanti
 varied neurons, jitter); the backward pass is the *ideal* model's exact gradient evaluated at the
 substrate's spike times (`fsnn.core.spike_time.spike_times_at`), with the float ("shadow") weights
 quantised on every write (straight-through: the gradient of the quantised weight is used for the
-float one). Times are in units of ``tau_s``; on BrainScaleS-2 ``tau_s`` is about 6 µs.
+float one). `network_on_substrate_batch` does the same for a batch with one backward pass per layer
+(`fsnn.core.batch_grad.batch_spike_times` with the chip's times as ``observed``): what the trainer
+uses. Times are in units of ``tau_s``; on BrainScaleS-2 ``tau_s`` is about 6 µs.
 
 Example:
     >>> import jax
@@ -32,6 +34,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -39,6 +42,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
+from fsnn.core.batch_grad import batch_spike_times
 from fsnn.core.neuron import LIFParams
 from fsnn.core.spike_time import layer_spike_times, spike_times_at
 from fsnn.nn import SpikingNetwork
@@ -54,6 +58,7 @@ __all__ = [
     "jitter",
     "chip_layer",
     "network_on_substrate",
+    "network_on_substrate_batch",
 ]
 
 _MIN_FACTOR = 0.1  # fixed-pattern factors are floored here: no time constant or threshold <= 0
@@ -245,17 +250,37 @@ def chip_layer(
         solver: the ideal model's solver (the chip uses ``root`` when its neurons vary).
         min_slope: floor of the model's membrane slope at the observed times (`spike_times_at`).
     """
-    if substrate.weight_bits is not None:
-        written = quantize_weights(weights, values["levels"], values["weight_max"][layer])
-        weights = weights + jax.lax.stop_gradient(written - weights)
-    chip, alive = chip_neurons(ideal, pattern, values["variation"], values["dead_fraction"])
-    stopped = jax.lax.stop_gradient((input_times, weights, chip))
+    weights = _written(weights, values, layer, substrate)
+    chip = chip_neurons(ideal, pattern, values["variation"], values["dead_fraction"])
+    observed = _observe(substrate, solver, input_times, weights, chip, key, values["jitter"])
+    return spike_times_at(observed, input_times, weights, ideal, solver=solver, min_slope=min_slope)
+
+
+def _written(weights: Array, values: Mapping[str, Array], layer: int, substrate: Substrate) -> Array:
+    """The weights as the substrate holds them (quantised), with the float weights' gradient (straight through)."""
+    if substrate.weight_bits is None:
+        return weights
+    written = quantize_weights(weights, values["levels"], values["weight_max"][layer])
+    return weights + jax.lax.stop_gradient(written - weights)
+
+
+def _observe(
+    substrate: Substrate,
+    solver: str,
+    input_times: Float[Array, " n_in"],
+    weights: Float[Array, "n_in n_out"],
+    chip: tuple[LIFParams, Array],
+    key: jax.Array,
+    jitter_std: Array,
+) -> Float[Array, " n_out"]:
+    """One sample's spike times on the chip (`chip_neurons`: its neurons and which live); no gradient."""
+    neurons, alive = chip
+    stopped = jax.lax.stop_gradient((input_times, weights, neurons))
     if substrate.dt is not None:
         observed = euler_spike_times(*stopped, substrate.dt, substrate.t_max)
     else:
         observed = layer_spike_times(*stopped, solver="root" if substrate.variation > 0 else solver)
-    observed = jitter(key, jnp.where(alive, observed, jnp.inf), values["jitter"])
-    return spike_times_at(observed, input_times, weights, ideal, solver=solver, min_slope=min_slope)
+    return jitter(key, jnp.where(alive, observed, jnp.inf), jitter_std)
 
 
 def network_on_substrate(
@@ -282,5 +307,51 @@ def network_on_substrate(
         ideal = layer.neuron_with(None if neurons is None else neurons[i])
         args = (layer.with_bias(input_times), layer.kernel[...], ideal, pattern[i], values, i, keys[i], substrate)
         input_times = chip_layer(*args, solver=layer.solver, min_slope=min_slope)
+        out.append(input_times)
+    return out
+
+
+def network_on_substrate_batch(
+    model: SpikingNetwork,
+    input_times: Float[Array, "batch n_in"],
+    values: Mapping[str, Array],
+    keys: jax.Array,
+    substrate: Substrate,
+    neurons: Sequence[Mapping[str, ArrayLike]] | None = None,
+    *,
+    min_slope: float | None = None,
+    max_dw_norm: float | Array | None = None,
+    drop_counters: Float[ArrayLike, " n_layers"] | None = None,
+) -> list[Float[Array, "batch n"]]:
+    """`network_on_substrate` for a batch (``keys [batch]``) with the batch-level backward pass.
+
+    The same values, and for first-order gradients in the weights the same gradients, as
+    `network_on_substrate` under `jax.vmap`, from one backward pass per layer and batch
+    (`fsnn.core.batch_grad.batch_spike_times` with the chip's times as ``observed``); the gradient
+    drop ``max_dw_norm`` is built in, its count per layer the gradient of ``drop_counters``
+    (`fsnn.nn.SpikingNetwork.batch`). Neuron parameters cannot be learned through it.
+    """
+    dtype = model.layers[0].kernel[...].dtype
+    pattern = draw_pattern(jax.random.key(values["seed"]), [layer.out_features for layer in model.layers], dtype)
+    keys = jax.vmap(jax.random.split, (0, None))(keys, len(model.layers))  # [batch, n_layers]
+    counters = jnp.zeros(len(model.layers), dtype) if drop_counters is None else drop_counters
+    out = []
+    for i, layer in enumerate(model.layers):
+        ideal = layer.neuron_with(None if neurons is None else neurons[i])
+        x = jax.vmap(layer.with_bias)(input_times)
+        weights = _written(layer.kernel[...], values, i, substrate)
+        chip = chip_neurons(ideal, pattern[i], values["variation"], values["dead_fraction"])
+        observe = functools.partial(_observe, substrate, layer.solver)
+        observed = jax.vmap(observe, (0, None, None, 0, None))(x, weights, chip, keys[:, i], values["jitter"])
+        input_times = batch_spike_times(
+            x,
+            weights,
+            ideal,
+            solver=layer.solver,
+            max_dw_norm=max_dw_norm,
+            drop_counter=counters[i],
+            observed=observed,
+            min_slope=min_slope,
+        )
         out.append(input_times)
     return out

@@ -8,7 +8,7 @@ import pytest
 from fsnn import LIFParams
 from fsnn.core import cpu_kernel
 from fsnn.core.batch_grad import batch_spike_times
-from fsnn.core.spike_time import layer_spike_times, xla_search
+from fsnn.core.spike_time import layer_spike_times, spike_times_at, xla_search
 from fsnn.remedies import drop_large_weight_grads
 
 PAPER = LIFParams()
@@ -131,6 +131,40 @@ def test_times_spread_over_many_time_constants_keep_exact_gradients(dtype):
     for got, want in zip(grads, reference):
         assert np.all(np.isfinite(np.asarray(got)))
         np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * float(jnp.max(jnp.abs(want))))
+
+
+@pytest.mark.parametrize("native_pass", [True, False], ids=["native", "xla"])
+@pytest.mark.parametrize("params", [PAPER, ODD], ids=["lambertw", "root"])
+@pytest.mark.parametrize(("n_in", "n_out"), SHAPES[:2])
+def test_observed_times_give_the_gradients_of_spike_times_at(params, n_in, n_out, native_pass):
+    """In-the-loop training: times measured elsewhere (the model's, jittered; some earlier than the
+    model's crossing, some silent) carry the layer's gradients evaluated at them, slope floor included."""
+    x, w, y = problem(5, 9, n_in, n_out)
+    model = jax.jit(jax.vmap(lambda xb, w: layer_spike_times(xb, w, params), (0, None)))(x, w)
+    observed = model + 0.1 * jax.random.normal(jax.random.key(0), model.shape, model.dtype)
+    observed = observed.at[0, 0].set(jnp.inf)  # silent on the chip
+    min_slope = 1.0  # binds for some spikes (checked below)
+
+    def reference(x, w, floor):
+        at = jax.vmap(lambda o, xb: spike_times_at(o, xb, w, params, min_slope=floor))(observed, x)
+        return weighted(at, y)
+
+    def loss(x, w):
+        return weighted(batch_spike_times(x, w, params, observed=observed, min_slope=min_slope), y)
+
+    with xla_search(not native_pass):
+        times = jax.jit(lambda x, w: batch_spike_times(x, w, params, observed=observed))(x, w)
+        grads = jax.jit(jax.grad(loss, (0, 1)))(x, w)
+    want = jax.jit(jax.grad(reference, (0, 1)), static_argnums=2)(x, w, min_slope)
+    unfloored = jax.jit(jax.grad(reference, (0, 1)), static_argnums=2)(x, w, None)
+    np.testing.assert_array_equal(times, observed)
+    assert not np.allclose(unfloored[1], want[1])  # the floor matters here
+    for got, ref in zip(grads, want):
+        np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-11 * float(jnp.max(jnp.abs(ref))))
+    with pytest.raises(ValueError, match=r"observed.*\[batch, n_out\]"):
+        batch_spike_times(x, w, params, observed=observed[:, :1])
+    with pytest.raises(ValueError, match="min_slope"):
+        batch_spike_times(x, w, params, observed=observed, min_slope=0.0)
 
 
 def test_neuron_parameter_gradients_are_refused():

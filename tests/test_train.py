@@ -161,20 +161,33 @@ def test_loss_sees_output_times_in_units_of_tau_s():
         assert abs(float(in_absolute_time) - float(got)) > 1.0
 
 
-@pytest.mark.parametrize("max_dw_norm", [1e-3, None])
-def test_first_order_step_equals_the_per_sample_custom_jvp_step(max_dw_norm):
+# A chip for in-the-loop training: varied neurons (root solver), 4-bit weights, jitter, dead neurons.
+CHIP = {
+    "in_the_loop": True,
+    "substrate_variation": 0.1,
+    "substrate_weight_bits": 4,
+    "substrate_weight_max": (4.0, 2.0),
+    "substrate_jitter": 0.02,
+    "substrate_dead_fraction": 0.1,
+    "in_the_loop_min_slope": 2.0,  # high enough to bind for some spikes (0.5 binds none here)
+}
+
+
+@pytest.mark.parametrize(("max_dw_norm", "chip"), [(1e-3, False), (None, False), (1e-3, True)])
+def test_first_order_step_equals_the_per_sample_custom_jvp_step(max_dw_norm, chip):
     """The training step's batch-level backward pass (`fsnn.core.batch_grad`) against the per-sample
-    gradients of `layer_spike_times` under `jax.vmap` (what hypergradients differentiate): same loss,
-    gradient and dropped count, with the gradient drop dropping columns (or off)."""
-    config = dataclasses.replace(TINY, max_dw_norm=max_dw_norm, dtype="float64")
+    gradients of `layer_spike_times` (on a chip: `spike_times_at`) under `jax.vmap` (what
+    hypergradients differentiate): same loss, gradient and dropped count, with the gradient drop
+    dropping columns (or off)."""
+    config = dataclasses.replace(TINY, max_dw_norm=max_dw_norm, dtype="float64", **(CHIP if chip else {}))
     trainer = Trainer(config)
     x, y = load_data(config)["train"]
     x, y = x[:64], y[:64]
     valid = np.arange(64) < 60  # a padded last batch
     state = trainer.init_state()
+    keys = jax.random.split(jax.random.key(3), 64) if chip else None
 
     def grads(first_order):
-        keys = None
         return jax.jit(lambda p: trainer._grads(p, x, y, valid, trainer.hp, keys, first_order))(state.params)
 
     (loss, _, grad, dropped), (loss_ref, _, grad_ref, dropped_ref) = grads(True), grads(False)

@@ -19,7 +19,9 @@ with the gradient drop folded in: sample ``b``'s column ``j`` of the weight grad
 ``max_dw_norm`` (`fsnn.remedies.drop_large_weight_grads`, without forming the per-sample
 gradients). On CPU the backward pass is one native call (`fsnn.core.cpu_kernel.layer_vjp_native`:
 no ``[batch, n_in, n_out]`` array, the batch split over threads); elsewhere, and under
-`fsnn.core.spike_time.xla_search`, the same sums in XLA.
+`fsnn.core.spike_time.xla_search`, the same sums in XLA. With ``observed`` times (in-the-loop
+training, `fsnn.substrate.network_on_substrate_batch`) the value is those times and the sums are
+taken at them, as `fsnn.core.spike_time.spike_times_at` does per sample.
 
 Limits: first order only (the backward pass is not differentiable again: hypergradients use
 `layer_spike_times`), and gradients flow to ``input_times`` and ``weights`` only; asking for one
@@ -58,6 +60,8 @@ def batch_spike_times(
     solver: Solver = "auto",
     max_dw_norm: float | Array | None = None,
     drop_counter: Float[ArrayLike, ""] = 0.0,
+    observed: Float[ArrayLike, "batch n_out"] | None = None,
+    min_slope: float | None = None,
 ) -> Float[Array, "batch n_out"]:
     """Spike times ``[batch, n_out]`` of a layer for a batch, with a batch-level gradient.
 
@@ -73,6 +77,11 @@ def batch_spike_times(
             The gradient passed to ``input_times`` is never changed.
         drop_counter: a scalar with no effect on the value; its gradient is the number of
             (sample, neuron) columns dropped (``jax.grad`` with respect to it reads the count).
+        observed: spike times measured elsewhere (e.g. on `fsnn.substrate`): the value is then
+            ``observed`` and the gradients are the layer's evaluated at those times, as
+            `fsnn.core.spike_time.spike_times_at` under `jax.vmap` (in-the-loop training).
+        min_slope: the slope floor of the implicit-function theorem in units of
+            ``(theta - E_l) / tau_s`` (default ``sqrt(eps)``; `spike_times_at`).
 
     Example:
         >>> x, w = jnp.array([[0.0, 0.5], [0.2, 0.1]]), jnp.full((2, 3), 2.0)
@@ -89,22 +98,32 @@ def batch_spike_times(
             raise ValueError(f"`params.{name}` must be a scalar here; use layer_spike_times for per-neuron values.")
     dtype = weights.dtype
     input_times = jnp.where(jnp.isnan(input_times), jnp.inf, input_times.astype(dtype))
+    if min_slope is not None and not min_slope > 0:
+        raise ValueError(f"`min_slope` must be > 0 or None; got {min_slope}.")
+    if observed is not None:
+        observed = jax.lax.stop_gradient(jnp.asarray(observed, dtype))
+        if observed.shape != (input_times.shape[0], weights.shape[1]):
+            raise ValueError(
+                f"`observed` must have shape [batch, n_out] = {[input_times.shape[0], weights.shape[1]]}; "
+                f"got {list(observed.shape)}."
+            )
     if input_times.shape[0] == 0 or input_times.shape[1] == 0:  # no samples, or no inputs: nothing fires
-        return jnp.full((input_times.shape[0], weights.shape[1]), jnp.inf, dtype)
+        return jnp.full((input_times.shape[0], weights.shape[1]), jnp.inf, dtype) if observed is None else observed
     max_norm = jnp.asarray(jnp.inf if max_dw_norm is None else max_dw_norm, dtype)
-    return _batch_spike_times(solver, input_times, weights, params, max_norm, jnp.asarray(drop_counter, dtype))
+    counter = jnp.asarray(drop_counter, dtype)
+    return _batch_spike_times(solver, min_slope, input_times, weights, params, max_norm, counter, observed)
 
 
 def _primal(solver, input_times, weights, params):
     return jax.vmap(_forward, (None, 0, None, None))(solver, input_times, weights, params)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _batch_spike_times(solver, input_times, weights, params, max_norm, drop_counter):
-    return _primal(solver, input_times, weights, params)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _batch_spike_times(solver, min_slope, input_times, weights, params, max_norm, drop_counter, observed):
+    return _primal(solver, input_times, weights, params) if observed is None else observed
 
 
-def _fwd(solver, input_times, weights, params, max_norm, drop_counter):
+def _fwd(solver, min_slope, input_times, weights, params, max_norm, drop_counter, observed):
     moving = [k for k, p in zip(LIFParams._fields, params) if p.perturbed]
     if moving or max_norm.perturbed:
         raise ValueError(
@@ -112,15 +131,15 @@ def _fwd(solver, input_times, weights, params, max_norm, drop_counter):
             f"{moving or ['max_dw_norm']}; use layer_spike_times (under jax.vmap) for those."
         )
     params = LIFParams(*(p.value for p in params))
-    times = _primal(solver, input_times.value, weights.value, params)
+    times = _primal(solver, input_times.value, weights.value, params) if observed is None else observed.value
     return times, (input_times.value, weights.value, times, params, max_norm.value)
 
 
-def _constants(solver: str, params: LIFParams, max_norm: Array) -> Float[Array, " 5"]:
+def _constants(solver: str, params: LIFParams, max_norm: Array, min_slope: float | None) -> Float[Array, " 5"]:
     """``(tau_m of the kernel, tau_s, C, slope floor, max_norm)`` (`_kernels`, `_spike_time_tangent`)."""
     tau_s = params.tau_s
     tau_m = {"lambertw": tau_s, "quadratic": 2.0 * tau_s}.get(solver, params.tau_m)
-    floor = _slope_floor(params, max_norm.dtype)
+    floor = _slope_floor(params, max_norm.dtype, min_slope)
     return jnp.stack([tau_m, tau_s, params.capacitance, floor, max_norm]).astype(max_norm.dtype)
 
 
@@ -148,17 +167,17 @@ def _vjp_cpu(solver, *args):
     return _vjp_xla(solver, *args)
 
 
-def _bwd(solver, residuals, cotangent):
+def _bwd(solver, min_slope, residuals, cotangent):
     input_times, weights, times, params, max_norm = residuals
     if isinstance(cotangent, SymbolicZero):
         cotangent = jnp.zeros_like(times)
-    args = (input_times, weights, times, cotangent, _constants(solver, params, max_norm))
+    args = (input_times, weights, times, cotangent, _constants(solver, params, max_norm, min_slope))
     if _accelerator_visible():
         branches = {"cpu": functools.partial(_vjp_cpu, solver), "default": functools.partial(_vjp_xla, solver)}
     else:
         branches = {"default": functools.partial(_vjp_cpu, solver)}
     grad_t, grad_w, dropped = jax.lax.platform_dependent(*args, **branches)
-    return grad_t, grad_w, None, None, dropped
+    return grad_t, grad_w, None, None, dropped, None
 
 
 _batch_spike_times.defvjp(_fwd, _bwd, symbolic_zeros=True)

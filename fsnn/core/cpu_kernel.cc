@@ -108,25 +108,35 @@ inline double ExpNonPositive(double x) {
   return under ? 0.0 : p * scale;
 }
 
-// Per-input factors of the recurrence B' = a B + w, D' = b D + g B (`_decays`), for a gap >= 0.
-// The closed-form ratios need one exponential (lambertw: tau_m = tau_s; quadratic: tau_m = 2 tau_s,
-// kappa = tau_m q (1 - q) with q = e^{-gap/tau_m}), without a library call, so that a loop over
-// the inputs with a constant `solver` vectorises; any other ratio three and expm1.
+// Per-input factors of the recurrence B' = a B + w, D' = b D + g B (`_decays`), for a gap >= 0,
+// from the inverse time constants, without a library call, so that a loop with a constant
+// `solver` vectorises. The closed-form ratios need one exponential (lambertw: tau_m = tau_s;
+// quadratic: tau_m = 2 tau_s, kappa = tau_m q (1 - q) with q = e^{-gap/tau_m}); any other ratio
+// two: with the slower decay `slow`, the faster `fast` and x = -gap |1/tau_s - 1/tau_m|, `Psp` is
+// gap slow expm1(x) / x = (slow - fast) / |delta|, taken as the difference where x <= -1/2 (1 -
+// e^x >= 0.39: at most 2 bits lost) and as the Taylor series of expm1(x) / x above (to x^8 / 9!
+// for float, x^15 / 16! for double: below an ulp). Within a few ulp of `Psp`.
 template <typename T>
 struct Decays {
   T a, b, g;
-  Decays(int64_t solver, T gap, T tau_m, T tau_s) {
+  Decays(int64_t solver, T gap, T tau_m, T inv_tau_m, T inv_tau_s) {
     if (solver == kLambertW) {
-      a = b = ExpNonPositive(-gap / tau_s);
+      a = b = ExpNonPositive(-gap * inv_tau_s);
       g = gap * a;
     } else if (solver == kQuadratic) {
-      b = ExpNonPositive(-gap / tau_m);
+      b = ExpNonPositive(-gap * inv_tau_m);
       a = b * b;
       g = tau_m * b * (T(1) - b);
     } else {
-      a = std::exp(-gap / tau_s);
-      b = std::exp(-gap / tau_m);
-      g = Psp(gap, tau_m, tau_s);
+      a = ExpNonPositive(-gap * inv_tau_s);
+      b = ExpNonPositive(-gap * inv_tau_m);
+      const T delta = inv_tau_s - inv_tau_m;
+      const T slow = delta >= T(0) ? b : a, fast = delta >= T(0) ? a : b;
+      const T rate = std::abs(delta), x = -gap * rate;
+      const bool small = x > T(-0.5);
+      T p = T(1);
+      for (int n = sizeof(T) == 8 ? 16 : 9; n >= 1; --n) p = T(1) + p * (small ? x : T(0)) * (T(1) / T(n + 1));
+      g = small ? gap * slow * p : (slow - fast) / (small ? T(1) : rate);
     }
   }
 };
@@ -376,6 +386,8 @@ class Layer {
         width_((n_out + kPad - 1) / kPad * kPad),
         tau_m_(width_, T(1)),
         tau_s_(width_, T(1)),
+        inv_tau_m_(width_, T(1)),
+        inv_tau_s_(width_, T(1)),
         theta_(width_, T(1)),
         theta_low_(width_, std::numeric_limits<T>::infinity()),  // the padding never fires
         kappa_max_(width_, T(1)),
@@ -399,6 +411,8 @@ class Layer {
     for (int64_t j = 0; j < n_out_; ++j) {
       tau_m_[j] = tau_m[tau_shared ? 0 : j];
       tau_s_[j] = tau_s[tau_shared ? 0 : j];
+      inv_tau_m_[j] = T(1) / tau_m_[j];
+      inv_tau_s_[j] = T(1) / tau_s_[j];
       theta_[j] = theta[theta_shared ? 0 : j];
       theta_low_[j] = theta_[j] * low;
       kappa_max_[j] = KappaMax(tau_m_[j], tau_s_[j]);
@@ -443,10 +457,7 @@ class Layer {
                                       span_[k], row, kappa_max_.data(), gate_.data(), candidate_.data(),
                                       big_b_.data(), big_d_.data());
       } else {
-        for (int64_t j = 0; j < n_out_; ++j) {
-          const Decays<T> decays(solver_, gap_[k], tau_m_[j], tau_s_[j]);
-          a_[j] = decays.a, b_[j] = decays.b, g_[j] = decays.g;
-        }
+        NeuronDecays(gap_[k]);
         candidates = Advance<T, false>(width_, T(0), T(0), T(0), a_.data(), b_.data(), g_.data(), span_[k], row,
                                        kappa_max_.data(), gate_.data(), candidate_.data(), big_b_.data(),
                                        big_d_.data());
@@ -527,15 +538,44 @@ class Layer {
     }
   }
 
+  // Per-neuron time constants: the recurrence's factors of every neuron for one gap (vectorises).
+  void NeuronDecays(T gap) {
+    switch (solver_) {
+      case kLambertW:
+        NeuronDecaysFor<kLambertW>(gap);
+        break;
+      case kQuadratic:
+        NeuronDecaysFor<kQuadratic>(gap);
+        break;
+      default:
+        NeuronDecaysFor<kRoot>(gap);
+    }
+  }
+
+  template <int64_t kSolver>
+  void NeuronDecaysFor(T gap) {
+    const int64_t n_out = n_out_;
+    const T* __restrict tau_m = tau_m_.data();
+    const T* __restrict inv_tau_m = inv_tau_m_.data();
+    const T* __restrict inv_tau_s = inv_tau_s_.data();
+    T* __restrict a = a_.data();
+    T* __restrict b = b_.data();
+    T* __restrict g = g_.data();
+    for (int64_t j = 0; j < n_out; ++j) {
+      const Decays<T> decays(kSolver, gap, tau_m[j], inv_tau_m[j], inv_tau_s[j]);
+      a[j] = decays.a, b[j] = decays.b, g[j] = decays.g;
+    }
+  }
+
   template <int64_t kSolver>
   void SharedDecays(int64_t m) {
-    const T tau_m = tau_m_[0], tau_s = tau_s_[0];
+    const T tau_m = tau_m_[0], inv_tau_m = inv_tau_m_[0], inv_tau_s = inv_tau_s_[0];
     const T* __restrict gap = gap_.data();
     T* __restrict a = input_a_.data();
     T* __restrict b = input_b_.data();
     T* __restrict g = input_g_.data();
     for (int64_t k = 0; k < m; ++k) {
-      const Decays<T> decays(kSolver, gap[k], tau_m, tau_s);
+      const Decays<T> decays(kSolver, gap[k], tau_m, inv_tau_m, inv_tau_s);
       a[k] = decays.a, b[k] = decays.b, g[k] = decays.g;
     }
   }
@@ -546,9 +586,9 @@ class Layer {
   std::vector<T> padded_;
   bool tau_shared_ = true;
   const T* last_[3] = {nullptr, nullptr, nullptr};
-  // Per neuron [width_]: parameters, the threshold lowered by 16 ulps, kappa's maximum, per-neuron
-  // decays, the running B and D, the peak of the last test.
-  std::vector<T> tau_m_, tau_s_, theta_, theta_low_, kappa_max_, a_, b_, g_, big_b_, big_d_, x_;
+  // Per neuron [width_]: parameters (and inverse time constants), the threshold lowered by 16 ulps,
+  // kappa's maximum, per-neuron decays, the running B and D, the peak of the last test.
+  std::vector<T> tau_m_, tau_s_, inv_tau_m_, inv_tau_s_, theta_, theta_low_, kappa_max_, a_, b_, g_, big_b_, big_d_, x_;
   std::vector<T> gate_;  // theta_low_ while silent, inf once fired (and for the padding)
   std::vector<int32_t> candidate_, fired_;
   std::vector<T> gap_, span_, input_a_, input_b_, input_g_;  // per sorted input [m]

@@ -30,7 +30,7 @@ from fsnn.encoding import add_input_noise, shift_image, values_to_times
 from fsnn.losses import is_correct, mse_spike_time, ttfs_cross_entropy
 from fsnn.nn import SpikingNetwork, batched
 from fsnn.remedies import BumpState, apply_bump, bump_targets, drop_large_weight_grads
-from fsnn.substrate import network_on_substrate, substrate_values
+from fsnn.substrate import network_on_substrate, network_on_substrate_batch, substrate_values
 from fsnn.train import checkpoint
 from fsnn.train.config import Config, ConfigError
 
@@ -305,19 +305,32 @@ class Trainer:
         """Loss, per-layer times and gradient of the batch-mean loss (gradient drop applied).
 
         ``keys [batch]`` (jitter keys) put the forward pass on the substrate; ``None``: ideal.
-        ``first_order``: the batch-level backward pass (`SpikingNetwork.batch`) where it applies
-        (weights only, ideal forward pass); it cannot be differentiated again (hypergradients
-        pass ``False``: per-sample custom JVPs under `jax.vmap`).
+        ``first_order``: the batch-level backward pass (`SpikingNetwork.batch`, on the substrate
+        `network_on_substrate_batch`) where it applies (weights only); it cannot be differentiated
+        again (hypergradients pass ``False``: per-sample custom JVPs under `jax.vmap`).
         """
         cfg = self.config
         n_valid = jnp.maximum(jnp.sum(valid), 1).astype(x.dtype)
 
-        if first_order and keys is None and not cfg.trainable_neuron:
+        if first_order and not cfg.trainable_neuron:
             max_norm = None if cfg.max_dw_norm is None else hp["max_dw_norm"]
 
             def batch_loss(p, counters):
                 model = nnx.merge(self.graphdef, p)
-                times = model.batch(x, self._neurons(hp), max_dw_norm=max_norm, drop_counters=counters)
+                if keys is None:
+                    times = model.batch(x, self._neurons(hp), max_dw_norm=max_norm, drop_counters=counters)
+                else:
+                    times = network_on_substrate_batch(
+                        model,
+                        x,
+                        hp["substrate"],
+                        keys,
+                        self.substrate,
+                        self._neurons(hp),
+                        min_slope=cfg.in_the_loop_min_slope,
+                        max_dw_norm=max_norm,
+                        drop_counters=counters,
+                    )
                 losses = jax.vmap(self.loss_fn, in_axes=(0, 0, None))(times[-1], y, hp)
                 return jnp.sum(jnp.where(valid, losses, 0.0) / n_valid), times
 
