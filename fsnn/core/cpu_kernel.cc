@@ -526,29 +526,27 @@ class Layer {
     input_a_.resize(m);
     input_b_.resize(m);
     input_g_.resize(m);
-    switch (solver_) {  // a constant solver per loop: the closed forms' loops vectorise
-      case kLambertW:
-        SharedDecays<kLambertW>(m);
-        break;
-      case kQuadratic:
-        SharedDecays<kQuadratic>(m);
-        break;
-      default:
-        SharedDecays<kRoot>(m);
-    }
+    WithSolver([&](auto solver) { SharedDecays<decltype(solver)::value>(m); });
   }
 
-  // Per-neuron time constants: the recurrence's factors of every neuron for one gap (vectorises).
+  // Per-neuron time constants: the recurrence's factors of every neuron for one gap.
   void NeuronDecays(T gap) {
+    WithSolver([&](auto solver) { NeuronDecaysFor<decltype(solver)::value>(gap); });
+  }
+
+  // `body(solver)` with the solver as a compile-time constant (std::integral_constant): the loops
+  // over inputs or neurons then vectorise.
+  template <typename Body>
+  void WithSolver(const Body& body) const {
     switch (solver_) {
       case kLambertW:
-        NeuronDecaysFor<kLambertW>(gap);
+        body(std::integral_constant<int64_t, kLambertW>{});
         break;
       case kQuadratic:
-        NeuronDecaysFor<kQuadratic>(gap);
+        body(std::integral_constant<int64_t, kQuadratic>{});
         break;
       default:
-        NeuronDecaysFor<kRoot>(gap);
+        body(std::integral_constant<int64_t, kRoot>{});
     }
   }
 
