@@ -761,42 +761,43 @@ inline int64_t Coefficients(const VjpConstants<T>& c, T g, T slope_sum, T kappa_
 
 constexpr int64_t kLanes = 8;  // independent partial sums of a reduction (they vectorise)
 
-// The per-sample work, with scratch reused between samples. Two layouts: over neurons (weights
-// [n_in, width], width = n_out padded to kLanes, vectorised over the neurons: wide layers) and over
-// inputs (transposed weights [n_out, width], width = n_in padded: few neurons, e.g. an output layer).
+// The factors of e^{-(T - t)/tau} = e^{(t - r)/tau} e^{(r - T)/tau}, r the sample's last spike.
+template <typename T>
+inline T InputFactor(const VjpConstants<T>& c, T t, T last) {
+  return t < last ? ExpNonPositive((t - last) * c.inv_tau_e) : T(0);
+}
+
+template <typename T>
+inline T OutputFactor(const VjpConstants<T>& c, T t, T last) {
+  return T(1) / ExpNonPositive((t - last) * c.inv_tau_e);
+}
+
+// Whether a sample's pair exponentials factorise: a closed form, and its live times (`first` ..
+// `last`) span less than `FactorSpan` time constants.
+template <typename T>
+inline bool Factored(int64_t solver, const VjpConstants<T>& c, T first, T last) {
+  return solver != kRoot && std::isfinite(last) && (last - first) * c.inv_tau_e < FactorSpan<T>();
+}
+
+// `body(solver, factored)` with both as compile-time constants (std::integral_constant).
+template <typename Body>
+auto DispatchVjp(int64_t solver, bool factored, const Body& body) {
+  using Lambert = std::integral_constant<int64_t, kLambertW>;
+  using Quadratic = std::integral_constant<int64_t, kQuadratic>;
+  if (solver == kRoot) return body(std::integral_constant<int64_t, kRoot>{}, std::false_type{});
+  if (solver == kLambertW) return factored ? body(Lambert{}, std::true_type{}) : body(Lambert{}, std::false_type{});
+  return factored ? body(Quadratic{}, std::true_type{}) : body(Quadratic{}, std::false_type{});
+}
+
+// Few neurons (e.g. an output layer): per sample, vectorised over the inputs (transposed weights
+// [n_out, width], width = n_in padded to kLanes); adds to a [n_out, width] weight-gradient sum.
 template <typename T>
 class SampleVjp {
  public:
   SampleVjp(int64_t solver, int64_t n_in, int64_t n_out, int64_t width, const VjpConstants<T>& c)
       : solver_(solver), n_in_(n_in), n_out_(n_out), width_(width), c_(c) {}
 
-  // One sample: writes grad_t [n_in], adds to grad_w (the layout's); returns the dropped columns.
-  int64_t OverNeurons(const T* t_in, const T* w, const T* t_out, const T* g, T* grad_t, T* grad_w) {
-    t_.assign(width_, -std::numeric_limits<T>::infinity());  // T_j, -inf if silent
-    e_out_.assign(width_, T(0));
-    last_ = -std::numeric_limits<T>::infinity();
-    T first = std::numeric_limits<T>::infinity();
-    for (int64_t j = 0; j < n_out_; ++j) {
-      if (!std::isfinite(t_out[j])) continue;
-      t_[j] = t_out[j];
-      last_ = std::max(last_, t_[j]), first = std::min(first, t_[j]);
-    }
-    for (int64_t i = 0; i < n_in_; ++i) first = t_in[i] < last_ ? std::min(first, t_in[i]) : first;
-    e_in_.resize(n_in_);
-    const bool factored = Factored(first);
-    if (factored) {
-      for (int64_t j = 0; j < width_; ++j) {
-        e_out_[j] = std::isfinite(t_[j]) ? OutputFactor(c_, t_[j], last_) : T(0);
-      }
-      for (int64_t i = 0; i < n_in_; ++i) {
-        e_in_[i] = InputFactor(c_, t_in[i], last_);
-      }
-    }
-    return Dispatch(factored, [&](auto solver, auto factors) {
-      return OverNeurons<decltype(solver)::value, decltype(factors)::value>(t_in, w, g, grad_t, grad_w);
-    });
-  }
-
+  // One sample: writes grad_t [n_in], adds to grad_w_t; returns the dropped columns.
   int64_t OverInputs(const T* t_in, const T* w_t, const T* t_out, const T* g, T* grad_t, T* grad_w_t) {
     x_.assign(width_, std::numeric_limits<T>::infinity());  // input times, +inf if silent or padding
     last_ = -std::numeric_limits<T>::infinity();
@@ -809,95 +810,22 @@ class SampleVjp {
       first = t_in[i] < last_ ? std::min(first, t_in[i]) : first;
     }
     e_in_.assign(width_, T(0));
-    const bool factored = Factored(first);
+    const bool factored = Factored(solver_, c_, first, last_);
     if (factored) {
       for (int64_t i = 0; i < width_; ++i) {
         e_in_[i] = InputFactor(c_, x_[i], last_);
       }
     }
-    return Dispatch(factored, [&](auto solver, auto factors) {
+    return DispatchVjp(solver_, factored, [&](auto solver, auto factors) {
       return OverInputs<decltype(solver)::value, decltype(factors)::value>(w_t, t_out, g, grad_t, grad_w_t);
     });
   }
 
  private:
-  // The factors of e^{-(T - t)/tau} = e^{(t - r)/tau} e^{(r - T)/tau}, r the sample's last spike.
-  static T InputFactor(const VjpConstants<T>& c, T t, T last) {
-    return t < last ? ExpNonPositive((t - last) * c.inv_tau_e) : T(0);
-  }
-  static T OutputFactor(const VjpConstants<T>& c, T t, T last) { return T(1) / ExpNonPositive((t - last) * c.inv_tau_e); }
-
-  // `body(solver, factored)` with both as compile-time constants (std::integral_constant).
-  template <typename Body>
-  int64_t Dispatch(bool factored, const Body& body) const {
-    using Lambert = std::integral_constant<int64_t, kLambertW>;
-    using Quadratic = std::integral_constant<int64_t, kQuadratic>;
-    if (solver_ == kRoot) return body(std::integral_constant<int64_t, kRoot>{}, std::false_type{});
-    if (solver_ == kLambertW) return factored ? body(Lambert{}, std::true_type{}) : body(Lambert{}, std::false_type{});
-    return factored ? body(Quadratic{}, std::true_type{}) : body(Quadratic{}, std::false_type{});
-  }
-
-  bool Factored(T first) const {
-    return solver_ != kRoot && std::isfinite(last_) && (last_ - first) * c_.inv_tau_e < FactorSpan<T>();
-  }
-
-  template <int64_t S, bool F>
-  int64_t OverNeurons(const T* t_in, const T* w, const T* g, T* grad_t, T* grad_w) {
-    const int64_t width = width_, n_in = n_in_, n_out = n_out_;
-    const VjpConstants<T> c = c_;  // locals: no stores through the loops' pointers can change them
-    const T last = last_;
-    scratch_.assign(4 * width, T(0));
-    T* __restrict slope = scratch_.data();
-    T* __restrict k_max = slope + width;
-    T* __restrict to_t = k_max + width;
-    T* __restrict to_w = to_t + width;
-    const T* __restrict t = t_.data();
-    const T* __restrict e_out = e_out_.data();
-    const T* __restrict e_ins = e_in_.data();
-    for (int64_t i = 0; i < n_in; ++i) {
-      const T x = t_in[i], e_in = e_ins[i];
-      if (!(x < last)) continue;  // silent, or after every spike: no live pair
-      const T* __restrict row = w + i * width;
-      for (int64_t j = 0; j < width; ++j) {
-        const T s = t[j] - x;
-        T k, dk;
-        PairKernels<T, S>(c, s, PairExp<T, F>(c, s, e_in, e_out[j]), s > T(0), k, dk);
-        slope[j] += row[j] * dk;
-        k_max[j] = std::max(k_max[j], k);
-      }
-    }
-    int64_t dropped = 0;
-    for (int64_t j = 0; j < n_out; ++j) {
-      if (std::isfinite(t[j])) dropped += Coefficients(c, g[j], slope[j], k_max[j], &to_t[j], &to_w[j]);
-    }
-    for (int64_t i = 0; i < n_in; ++i) {
-      const T x = t_in[i], e_in = e_ins[i];
-      grad_t[i] = T(0);
-      if (!(x < last)) continue;
-      const T* __restrict row = w + i * width;
-      T* __restrict grad_row = grad_w + i * width;
-      T acc[kLanes] = {};
-      for (int64_t jb = 0; jb < width; jb += kLanes) {
-        for (int64_t l = 0; l < kLanes; ++l) {
-          const int64_t j = jb + l;
-          const T s = t[j] - x;
-          T k, dk;
-          PairKernels<T, S>(c, s, PairExp<T, F>(c, s, e_in, e_out[j]), s > T(0), k, dk);
-          grad_row[j] += to_w[j] * k;
-          acc[l] += to_t[j] * row[j] * dk;
-        }
-      }
-      T sum = T(0);
-      for (int64_t l = 0; l < kLanes; ++l) sum += acc[l];
-      grad_t[i] = sum;
-    }
-    return dropped;
-  }
-
   template <int64_t S, bool F>
   int64_t OverInputs(const T* w_t, const T* t_out, const T* g, T* grad_t, T* grad_w_t) {
     const int64_t width = width_, n_in = n_in_, n_out = n_out_;
-    const VjpConstants<T> c = c_;
+    const VjpConstants<T> c = c_;  // locals: no stores through the loops' pointers can change them
     const T last = last_;
     scratch_.assign(3 * width, T(0));
     T* __restrict k = scratch_.data();  // this neuron's kappa and w kappa' per input
@@ -940,16 +868,130 @@ class SampleVjp {
   int64_t solver_, n_in_, n_out_, width_;
   VjpConstants<T> c_;
   T last_ = T(0);  // the sample's last spike
-  std::vector<T> t_, x_, e_in_, e_out_, scratch_;
+  std::vector<T> x_, e_in_, scratch_;
+};
+
+// Wide layers: vectorised over the neurons (weights [n_in, width], width = n_out padded to kLanes),
+// in two passes over the pairs. `FirstPass`, per sample: the neurons' coefficients (from their
+// slopes and largest kappa), kept in a record of 4 x width values. `SecondPass`, per sample and
+// block of inputs: those inputs' weight-gradient rows (added to the one sum of the batch) and
+// gradients. Split by blocks of inputs, the weight gradient needs no per-thread copies (a layer's
+// worth each, which spill the cache for wide layers), and every entry is summed in sample order by
+// one thread: the same bits on any number of threads.
+template <typename T>
+class NeuronsVjp {
+ public:
+  NeuronsVjp(int64_t solver, int64_t n_in, int64_t n_out, int64_t width, int64_t samples)
+      : solver_(solver), n_in_(n_in), n_out_(n_out), width_(width), records_(samples * 4 * width),
+        last_(samples), factored_(samples) {}
+
+  // Sample `s` (a record's index): its neurons' coefficients; returns the dropped columns.
+  int64_t FirstPass(int64_t s, const VjpConstants<T>& c, const T* t_in, const T* w, const T* t_out, const T* g) {
+    T* __restrict t = Record(s, 0);  // T_j, -inf if silent or padding
+    T* __restrict e_out = Record(s, 1);
+    T last = -std::numeric_limits<T>::infinity(), first = std::numeric_limits<T>::infinity();
+    for (int64_t j = 0; j < width_; ++j) {
+      const bool fired = j < n_out_ && std::isfinite(t_out[j]);
+      t[j] = fired ? t_out[j] : -std::numeric_limits<T>::infinity();
+      if (fired) last = std::max(last, t[j]), first = std::min(first, t[j]);
+    }
+    for (int64_t i = 0; i < n_in_; ++i) first = t_in[i] < last ? std::min(first, t_in[i]) : first;
+    const bool factored = Factored(solver_, c, first, last);
+    for (int64_t j = 0; j < width_; ++j) {
+      e_out[j] = factored && std::isfinite(t[j]) ? OutputFactor(c, t[j], last) : T(0);
+    }
+    last_[s] = last, factored_[s] = factored;
+    return DispatchVjp(solver_, factored, [&](auto solver, auto factors) {
+      return First<decltype(solver)::value, decltype(factors)::value>(c, n_in_, n_out_, width_, last, t_in, w, g, t,
+                                                                      e_out, Record(s, 2), Record(s, 3));
+    });
+  }
+
+  // Sample `s`, inputs [i0, i1): writes grad_t[i0:i1] (the sample's), adds to grad_w's rows.
+  void SecondPass(int64_t s, const VjpConstants<T>& c, int64_t i0, int64_t i1, const T* t_in, const T* w,
+                  T* grad_t, T* grad_w) {
+    DispatchVjp(solver_, factored_[s], [&](auto solver, auto factors) {
+      Second<decltype(solver)::value, decltype(factors)::value>(c, width_, last_[s], i0, i1, t_in, w, Record(s, 0),
+                                                                Record(s, 1), Record(s, 2), Record(s, 3), grad_t,
+                                                                grad_w);
+    });
+  }
+
+ private:
+  // Record `s`: T_j, the output factors, then the coefficients to_t, to_w (slope and largest kappa
+  // while the first pass sums them).
+  T* Record(int64_t s, int64_t part) { return records_.data() + (s * 4 + part) * width_; }
+
+  // The passes take the record's parts as separate restrict pointers (they do not overlap), so that
+  // the loops over the neurons vectorise.
+  template <int64_t S, bool F>
+  static int64_t First(const VjpConstants<T> c, int64_t n_in, int64_t n_out, int64_t width, T last,
+                       const T* __restrict t_in, const T* __restrict w, const T* __restrict g, const T* __restrict t,
+                       const T* __restrict e_out, T* __restrict slope, T* __restrict k_max) {
+    std::fill(slope, slope + width, T(0));
+    std::fill(k_max, k_max + width, T(0));
+    for (int64_t i = 0; i < n_in; ++i) {
+      const T x = t_in[i];
+      if (!(x < last)) continue;  // silent, or after every spike: no live pair
+      const T e_in = F ? InputFactor(c, x, last) : T(0);
+      const T* __restrict row = w + i * width;
+      for (int64_t j = 0; j < width; ++j) {
+        const T gap = t[j] - x;
+        T k, dk;
+        PairKernels<T, S>(c, gap, PairExp<T, F>(c, gap, e_in, e_out[j]), gap > T(0), k, dk);
+        slope[j] += row[j] * dk;
+        k_max[j] = std::max(k_max[j], k);
+      }
+    }
+    int64_t dropped = 0;
+    for (int64_t j = 0; j < width; ++j) {  // in place: slope -> to_t, largest kappa -> to_w
+      T to_t = T(0), to_w = T(0);
+      if (j < n_out && std::isfinite(t[j])) dropped += Coefficients(c, g[j], slope[j], k_max[j], &to_t, &to_w);
+      slope[j] = to_t, k_max[j] = to_w;
+    }
+    return dropped;
+  }
+
+  template <int64_t S, bool F>
+  static void Second(const VjpConstants<T> c, int64_t width, T last, int64_t i0, int64_t i1, const T* __restrict t_in,
+                     const T* __restrict w, const T* __restrict t, const T* __restrict e_out,
+                     const T* __restrict to_t, const T* __restrict to_w, T* __restrict grad_t,
+                     T* __restrict grad_w) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const T x = t_in[i];
+      grad_t[i] = T(0);
+      if (!(x < last)) continue;
+      const T e_in = F ? InputFactor(c, x, last) : T(0);
+      const T* __restrict row = w + i * width;
+      T* __restrict grad_row = grad_w + i * width;
+      T acc[kLanes] = {};
+      for (int64_t jb = 0; jb < width; jb += kLanes) {
+        for (int64_t l = 0; l < kLanes; ++l) {
+          const int64_t j = jb + l;
+          const T gap = t[j] - x;
+          T k, dk;
+          PairKernels<T, S>(c, gap, PairExp<T, F>(c, gap, e_in, e_out[j]), gap > T(0), k, dk);
+          grad_row[j] += to_w[j] * k;
+          acc[l] += to_t[j] * row[j] * dk;
+        }
+      }
+      T sum = T(0);
+      for (int64_t l = 0; l < kLanes; ++l) sum += acc[l];
+      grad_t[i] = sum;
+    }
+  }
+
+  int64_t solver_, n_in_, n_out_, width_;
+  std::vector<T> records_, last_;
+  std::vector<uint8_t> factored_;
 };
 
 // Operands (leading axes from `jax.vmap(..., vmap_method="expand_dims")`, e.g. a sweep's runs, each
 // the results' size or 1): input times [..., batch, n_in], weights [..., n_in, n_out], spike times
 // and their cotangents [..., batch, n_out], constants [..., 5] (`VjpConstants`). Results: the input
 // times' cotangent [..., batch, n_in], the weights' [..., n_in, n_out] (summed over the batch) and
-// the number of dropped columns [..., 1]. The batch is cut into at most 16 blocks, fixed by the
-// shapes, each summed in sample order and then added in block order: the same bits on any number
-// of threads.
+// the number of dropped columns [..., 1]. Every sum has an order fixed by the shapes: the same bits
+// on any number of threads.
 template <ffi::DataType D>
 ffi::Error LayerVjp(ffi::ThreadPool pool, ffi::Buffer<D> times, ffi::Buffer<D> weights, ffi::Buffer<D> t_out,
                     ffi::Buffer<D> cotangent, ffi::Buffer<D> constants, int64_t solver,
@@ -978,14 +1020,24 @@ ffi::Error LayerVjp(ffi::ThreadPool pool, ffi::Buffer<D> times, ffi::Buffer<D> w
     }
     return index;
   };
+  // One run's operands.
+  struct Run {
+    VjpConstants<T> c;
+    const T *x, *t, *g;
+    T* gt;
+  };
+  auto run_at = [&](int64_t r) {
+    const auto index = index_of(r);
+    return Run{VjpConstants<T>(constants.typed_data() + b_c.Offset(index), solver),
+               times.typed_data() + b_times.Offset(index), t_out.typed_data() + b_t.Offset(index),
+               cotangent.typed_data() + b_g.Offset(index), grad_times->typed_data() + b_gt.Offset(index)};
+  };
   // Few neurons: vectorise over the inputs (transposed weights); else over the neurons.
   const bool over_inputs = n_out < 2 * kLanes;
   const int64_t rows = over_inputs ? n_out : n_in;
   const int64_t width = ((over_inputs ? n_in : n_out) + kLanes - 1) / kLanes * kLanes;
-  const int64_t blocks = std::clamp<int64_t>(batch * n_in * n_out / 4096, 1, std::min<int64_t>(batch, 16));
-  // Per run: the weights padded (and transposed if over the inputs); per run and block: a partial sum.
-  std::vector<T> padded(runs * rows * width, T(0)), partial(runs * blocks * rows * width, T(0));
-  std::vector<int64_t> counts(runs * blocks, 0);
+  // Per run: the weights padded (and transposed if over the inputs).
+  std::vector<T> padded(runs * rows * width, T(0));
   for (int64_t r = 0; r < runs; ++r) {
     const T* w = weights.typed_data() + b_w.Offset(index_of(r));
     T* p = padded.data() + r * rows * width;
@@ -993,50 +1045,85 @@ ffi::Error LayerVjp(ffi::ThreadPool pool, ffi::Buffer<D> times, ffi::Buffer<D> w
       for (int64_t j = 0; j < n_out; ++j) (over_inputs ? p[j * width + i] : p[i * width + j]) = w[i * n_out + j];
     }
   }
-  auto work = [&](int64_t begin, int64_t end) {
-    for (int64_t unit = begin; unit < end; ++unit) {
-      const int64_t r = unit / blocks, block = unit % blocks;
-      const auto index = index_of(r);
-      SampleVjp<T> sample(solver, n_in, n_out, width, VjpConstants<T>(constants.typed_data() + b_c.Offset(index), solver));
-      const T* x = times.typed_data() + b_times.Offset(index);
-      const T* t = t_out.typed_data() + b_t.Offset(index);
-      const T* g = cotangent.typed_data() + b_g.Offset(index);
-      T* gt = grad_times->typed_data() + b_gt.Offset(index);
-      const T* w = padded.data() + r * rows * width;
-      T* gw = partial.data() + unit * rows * width;
-      int64_t n = 0;
-      for (int64_t s = block * batch / blocks; s < (block + 1) * batch / blocks; ++s) {
-        const T *xs = x + s * n_in, *ts = t + s * n_out, *gs = g + s * n_out;
-        T* gts = gt + s * n_in;
-        n += over_inputs ? sample.OverInputs(xs, w, ts, gs, gts, gw) : sample.OverNeurons(xs, w, ts, gs, gts, gw);
+  std::vector<int64_t> counts(runs, 0);
+  if (over_inputs) {
+    // The batch in at most 16 blocks fixed by the shapes, each summed in sample order (threads take
+    // whole blocks), then added in block order; the sums are small ([n_out, width] each).
+    const int64_t blocks = std::clamp<int64_t>(batch * n_in * n_out / 4096, 1, std::min<int64_t>(batch, 16));
+    std::vector<T> sums(runs * blocks * rows * width, T(0));
+    std::vector<int64_t> block_counts(runs * blocks, 0);
+    ParallelFor(pool, runs * blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t unit = begin; unit < end; ++unit) {
+        const int64_t r = unit / blocks, block = unit % blocks;
+        const Run run = run_at(r);
+        SampleVjp<T> sample(solver, n_in, n_out, width, run.c);
+        const T* w = padded.data() + r * rows * width;
+        T* gw = sums.data() + unit * rows * width;
+        for (int64_t s = block * batch / blocks; s < (block + 1) * batch / blocks; ++s) {
+          block_counts[unit] +=
+              sample.OverInputs(run.x + s * n_in, w, run.t + s * n_out, run.g + s * n_out, run.gt + s * n_in, gw);
+        }
       }
-      counts[unit] = n;
+    });
+    for (int64_t unit = 0; unit < runs * blocks; ++unit) counts[unit / blocks] += block_counts[unit];
+    // Per run and neuron: the blocks' sums in block order, transposed back.
+    ParallelFor(pool, runs * rows, std::max<int64_t>(1, 4096 / (blocks * width)), [&](int64_t begin, int64_t end) {
+      std::vector<T> sum(width);
+      for (int64_t rr = begin; rr < end; ++rr) {
+        const int64_t r = rr / rows, j = rr % rows;
+        std::fill(sum.begin(), sum.end(), T(0));
+        for (int64_t block = 0; block < blocks; ++block) {
+          const T* p = sums.data() + ((r * blocks + block) * rows + j) * width;
+          for (int64_t i = 0; i < width; ++i) sum[i] += p[i];
+        }
+        T* gw = grad_weights->typed_data() + b_gw.Offset(index_of(r));
+        for (int64_t i = 0; i < n_in; ++i) gw[i * n_out + j] = sum[i];
+      }
+    });
+  } else {
+    // Samples in chunks (records of at most 2^22 values); inputs in blocks of at most 64 KiB of
+    // weights (a block's weight and gradient rows stay in a core's cache while the chunk's samples
+    // pass), at least two per thread. How the rows are cut does not change any sum.
+    const int64_t chunk = std::clamp<int64_t>((int64_t(1) << 22) / (runs * 4 * width), 1, batch);
+    const int64_t cached_rows = std::max<int64_t>(1, (int64_t(1) << 16) / (width * static_cast<int64_t>(sizeof(T))));
+    const int64_t parts = 2 * std::max<int64_t>(pool.num_threads(), 1);
+    const int64_t block_rows = std::clamp<int64_t>((n_in + parts - 1) / parts, 1, cached_rows);
+    const int64_t blocks = (n_in + block_rows - 1) / block_rows;
+    std::vector<T> sums(runs * rows * width, T(0));  // per run, the weight gradient (padded)
+    NeuronsVjp<T> vjp(solver, n_in, n_out, width, runs * chunk);
+    std::vector<int64_t> sample_counts(runs * chunk);
+    for (int64_t s0 = 0; s0 < batch; s0 += chunk) {
+      const int64_t m = std::min(chunk, batch - s0);
+      ParallelFor(pool, runs * m, std::max<int64_t>(1, 4096 / std::max<int64_t>(n_in * n_out, 1)),
+                  [&](int64_t begin, int64_t end) {
+                    for (int64_t unit = begin; unit < end; ++unit) {
+                      const int64_t r = unit / m, s = s0 + unit % m;
+                      const Run run = run_at(r);
+                      sample_counts[unit] = vjp.FirstPass(r * chunk + unit % m, run.c, run.x + s * n_in,
+                                                          padded.data() + r * rows * width, run.t + s * n_out,
+                                                          run.g + s * n_out);
+                    }
+                  });
+      const bool last_chunk = s0 + m == batch;
+      ParallelFor(pool, runs * blocks, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t unit = begin; unit < end; ++unit) {
+          const int64_t r = unit / blocks, i0 = unit % blocks * block_rows, i1 = std::min(n_in, i0 + block_rows);
+          const Run run = run_at(r);
+          T* gw = sums.data() + r * rows * width;
+          for (int64_t k = 0; k < m; ++k) {
+            const int64_t s = s0 + k;
+            vjp.SecondPass(r * chunk + k, run.c, i0, i1, run.x + s * n_in, padded.data() + r * rows * width,
+                           run.gt + s * n_in, gw);
+          }
+          if (!last_chunk) continue;
+          T* out = grad_weights->typed_data() + b_gw.Offset(index_of(r));  // the block's rows, unpadded
+          for (int64_t i = i0; i < i1; ++i) std::copy(gw + i * width, gw + i * width + n_out, out + i * n_out);
+        }
+      });
+      for (int64_t unit = 0; unit < runs * m; ++unit) counts[unit / m] += sample_counts[unit];
     }
-  };
-  ParallelFor(pool, runs * blocks, 1, work);
-  // The blocks' sums in block order, by rows of the weight gradient.
-  auto reduce = [&](int64_t begin, int64_t end) {
-    for (int64_t rr = begin; rr < end; ++rr) {
-      const int64_t r = rr / rows, row = rr % rows;
-      T* gw = grad_weights->typed_data() + b_gw.Offset(index_of(r));
-      std::vector<T> sum(width, T(0));
-      for (int64_t block = 0; block < blocks; ++block) {
-        const T* p = partial.data() + ((r * blocks + block) * rows + row) * width;
-        for (int64_t k = 0; k < width; ++k) sum[k] += p[k];
-      }
-      if (over_inputs) {
-        for (int64_t i = 0; i < n_in; ++i) gw[i * n_out + row] = sum[i];
-      } else {
-        std::copy(sum.begin(), sum.begin() + n_out, gw + row * n_out);
-      }
-    }
-  };
-  ParallelFor(pool, runs * rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(blocks * width, 1)), reduce);
-  for (int64_t r = 0; r < runs; ++r) {
-    int64_t n = 0;
-    for (int64_t block = 0; block < blocks; ++block) n += counts[r * blocks + block];
-    dropped->typed_data()[b_n.Offset(index_of(r))] = static_cast<T>(n);
   }
+  for (int64_t r = 0; r < runs; ++r) dropped->typed_data()[b_n.Offset(index_of(r))] = static_cast<T>(counts[r]);
   return ffi::Error::Success();
 }
 
