@@ -4,6 +4,7 @@ import gzip
 import shutil
 import socket
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -65,7 +66,12 @@ def mnist_copy(tmp_path, shared_data_dir):
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated", "corrupt"])
-def test_bad_files_give_one_clear_error_and_leave_nothing_prepared(tmp_path, mnist_copy, no_network, damage):
+def test_bad_files_give_one_clear_error_and_leave_nothing_prepared(
+    tmp_path, mnist_copy, no_network, damage, monkeypatch
+):
+    scratch = tmp_path / "tmp"  # the process's temporary folder: nothing may be left in it
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     victim = mnist_copy / "t10k-labels-idx1-ubyte.gz"
     data = victim.read_bytes()
     if damage == "missing":
@@ -82,6 +88,7 @@ def test_bad_files_give_one_clear_error_and_leave_nothing_prepared(tmp_path, mni
     assert {"missing": "missing", "truncated": "bytes", "corrupt": "sha256"}[damage] in message
     assert "--data-dir" in message
     assert not (prepared / "fsnn_mnist" / "1.0.0").exists()  # nothing a later run would trust
+    assert not list(scratch.iterdir())  # TFDS's empty GCS-metadata folders included
     with pytest.raises(DataError, match="t10k-labels"):  # the TFDS-free reader checks the same way
         read_originals("mnist", mnist_copy.parent)
 

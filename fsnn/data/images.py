@@ -126,6 +126,11 @@ def _builder_class(name: str):
     """
     import tensorflow_datasets as tfds
 
+    class LocalInfo(tfds.core.DatasetInfo):
+        def initialize_from_bucket(self) -> None:
+            """Nothing: these builders have no metadata on TFDS's GCS bucket (TFDS's own method would
+            leave an empty ``/tmp/tmp*tfds`` folder behind on every builder constructed unprepared)."""
+
     class IdxImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         """An IDX image dataset (MNIST layout) written as array_record by TFDS, without TensorFlow."""
 
@@ -137,7 +142,7 @@ def _builder_class(name: str):
             super().__init__(**kwargs)
 
         def _info(self):
-            return tfds.core.DatasetInfo(
+            return LocalInfo(
                 builder=self,
                 description=f"{name} from its original IDX files (fsnn, TensorFlow-free).",
                 features=tfds.features.FeaturesDict(
