@@ -1067,7 +1067,8 @@ ffi::Error LayerVjp(ffi::ThreadPool pool, ffi::Buffer<D> times, ffi::Buffer<D> w
     });
     for (int64_t unit = 0; unit < runs * blocks; ++unit) counts[unit / blocks] += block_counts[unit];
     // Per run and neuron: the blocks' sums in block order, transposed back.
-    ParallelFor(pool, runs * rows, std::max<int64_t>(1, 4096 / (blocks * width)), [&](int64_t begin, int64_t end) {
+    const int64_t min_rows = std::max<int64_t>(1, 4096 / std::max<int64_t>(blocks * width, 1));
+    ParallelFor(pool, runs * rows, min_rows, [&](int64_t begin, int64_t end) {
       std::vector<T> sum(width);
       for (int64_t rr = begin; rr < end; ++rr) {
         const int64_t r = rr / rows, j = rr % rows;
