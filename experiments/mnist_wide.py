@@ -6,8 +6,8 @@ instead of 350. The translations keep the wider network from overfitting (traini
 the shifted, noisy images 98.2 % against 98.1 % validation at epoch 40); 350 neurons reach
 97.87 +- 0.05 % (3 seeds). Two seeds: 98.22 +- 0.06 % test with the best-validation weights
 (98.17, 98.26 %; final weights 98.22, 98.15 %), above the best exact-TTFS peer's 98.04 %. Still
-one spike per neuron at most and the exact closed form at every size. ≈ 57 s per epoch on a
-2-core CPU, 3.5x `mnist_shift` (BENCHMARKS.md, MNIST).
+one spike per neuron at most and the exact closed form at every size. ≈ 29 s per epoch on a
+2-core CPU, 1.8x `mnist_shift` (BENCHMARKS.md, MNIST).
 
 Command:  fsnn train mnist_wide --data-dir ../shared/data
 """
