@@ -283,6 +283,12 @@ def _observe(
     return jitter(key, jnp.where(alive, observed, jnp.inf), jitter_std)
 
 
+def _model_pattern(model: SpikingNetwork, values: Mapping[str, Array]) -> list[dict[str, Array]]:
+    """The fixed pattern of the chip ``values["seed"]`` for ``model``'s layers."""
+    dtype = model.layers[0].kernel[...].dtype
+    return draw_pattern(jax.random.key(values["seed"]), [layer.out_features for layer in model.layers], dtype)
+
+
 def network_on_substrate(
     model: SpikingNetwork,
     input_times: Float[Array, " n_in"],
@@ -299,8 +305,7 @@ def network_on_substrate(
     presentation, ``neurons`` optional values of each layer's fixed neuron parameters (as for
     `SpikingNetwork`), ``min_slope`` the gradients' slope floor (`spike_times_at`).
     """
-    dtype = model.layers[0].kernel[...].dtype
-    pattern = draw_pattern(jax.random.key(values["seed"]), [layer.out_features for layer in model.layers], dtype)
+    pattern = _model_pattern(model, values)
     keys = jax.random.split(key, len(model.layers))
     out = []
     for i, layer in enumerate(model.layers):
@@ -331,10 +336,9 @@ def network_on_substrate_batch(
     drop ``max_dw_norm`` is built in, its count per layer the gradient of ``drop_counters``
     (`fsnn.nn.SpikingNetwork.batch`). Neuron parameters cannot be learned through it.
     """
-    dtype = model.layers[0].kernel[...].dtype
-    pattern = draw_pattern(jax.random.key(values["seed"]), [layer.out_features for layer in model.layers], dtype)
+    pattern = _model_pattern(model, values)
     keys = jax.vmap(jax.random.split, (0, None))(keys, len(model.layers))  # [batch, n_layers]
-    counters = jnp.zeros(len(model.layers), dtype) if drop_counters is None else drop_counters
+    counters = jnp.zeros(len(model.layers), pattern[0]["u"].dtype) if drop_counters is None else drop_counters
     out = []
     for i, layer in enumerate(model.layers):
         ideal = layer.neuron_with(None if neurons is None else neurons[i])
