@@ -18,7 +18,8 @@ with the gradient drop folded in: sample ``b``'s column ``j`` of the weight grad
 (and counted) when its largest entry, :math:`|a_{bj}| \max_i \kappa_{bij} / C`, exceeds
 ``max_dw_norm`` (`fsnn.remedies.drop_large_weight_grads`, without forming the per-sample
 gradients). On CPU the backward pass is one native call (`fsnn.core.cpu_kernel.layer_vjp_native`:
-no ``[batch, n_in, n_out]`` array, the batch split over threads); elsewhere, and under
+no ``[batch, n_in, n_out]`` array; the work split over threads by samples, and for wide layers
+the weight gradient by blocks of inputs); elsewhere, and under
 `fsnn.core.spike_time.xla_search`, the same sums in XLA. With ``observed`` times (in-the-loop
 training, `fsnn.substrate.network_on_substrate_batch`) the value is those times and the sums are
 taken at them, as `fsnn.core.spike_time.spike_times_at` does per sample.
