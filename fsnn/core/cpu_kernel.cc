@@ -38,6 +38,20 @@ namespace {
 
 enum Solver : int64_t { kLambertW = 0, kQuadratic = 1, kRoot = 2 };
 
+// `body(solver)` with the solver as a compile-time constant (std::integral_constant): the loops
+// over inputs or neurons then vectorise.
+template <typename Body>
+auto WithSolver(int64_t solver, const Body& body) {
+  switch (solver) {
+    case kLambertW:
+      return body(std::integral_constant<int64_t, kLambertW>{});
+    case kQuadratic:
+      return body(std::integral_constant<int64_t, kQuadratic>{});
+    default:
+      return body(std::integral_constant<int64_t, kRoot>{});
+  }
+}
+
 // `fsnn.core.neuron.expm1_ratio` and `log1p_ratio`: the same Taylor branches and cut-offs.
 template <typename T>
 T SmallCut() {
@@ -526,28 +540,12 @@ class Layer {
     input_a_.resize(m);
     input_b_.resize(m);
     input_g_.resize(m);
-    WithSolver([&](auto solver) { SharedDecays<decltype(solver)::value>(m); });
+    WithSolver(solver_, [&](auto solver) { SharedDecays<decltype(solver)::value>(m); });
   }
 
   // Per-neuron time constants: the recurrence's factors of every neuron for one gap.
   void NeuronDecays(T gap) {
-    WithSolver([&](auto solver) { NeuronDecaysFor<decltype(solver)::value>(gap); });
-  }
-
-  // `body(solver)` with the solver as a compile-time constant (std::integral_constant): the loops
-  // over inputs or neurons then vectorise.
-  template <typename Body>
-  void WithSolver(const Body& body) const {
-    switch (solver_) {
-      case kLambertW:
-        body(std::integral_constant<int64_t, kLambertW>{});
-        break;
-      case kQuadratic:
-        body(std::integral_constant<int64_t, kQuadratic>{});
-        break;
-      default:
-        body(std::integral_constant<int64_t, kRoot>{});
-    }
+    WithSolver(solver_, [&](auto solver) { NeuronDecaysFor<decltype(solver)::value>(gap); });
   }
 
   template <int64_t kSolver>
@@ -779,14 +777,16 @@ inline bool Factored(int64_t solver, const VjpConstants<T>& c, T first, T last) 
   return solver != kRoot && std::isfinite(last) && (last - first) * c.inv_tau_e < FactorSpan<T>();
 }
 
-// `body(solver, factored)` with both as compile-time constants (std::integral_constant).
+// `body(solver, factored)` with both as compile-time constants (`WithSolver`; `root` never factors).
 template <typename Body>
 auto DispatchVjp(int64_t solver, bool factored, const Body& body) {
-  using Lambert = std::integral_constant<int64_t, kLambertW>;
-  using Quadratic = std::integral_constant<int64_t, kQuadratic>;
-  if (solver == kRoot) return body(std::integral_constant<int64_t, kRoot>{}, std::false_type{});
-  if (solver == kLambertW) return factored ? body(Lambert{}, std::true_type{}) : body(Lambert{}, std::false_type{});
-  return factored ? body(Quadratic{}, std::true_type{}) : body(Quadratic{}, std::false_type{});
+  return WithSolver(solver, [&](auto s) {
+    if constexpr (decltype(s)::value == kRoot) {
+      return body(s, std::false_type{});
+    } else {
+      return factored ? body(s, std::true_type{}) : body(s, std::false_type{});
+    }
+  });
 }
 
 // Few neurons (e.g. an output layer): per sample, vectorised over the inputs (transposed weights
