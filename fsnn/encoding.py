@@ -1,13 +1,13 @@
 """Encoding of analog values as spike times (early = large value by default), and training-input
-perturbations (noise, image translations)."""
+perturbations (noise, image translations and mirror images)."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float, Int
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-__all__ = ["values_to_times", "add_input_noise", "shift_image"]
+__all__ = ["values_to_times", "add_input_noise", "shift_image", "flip_image"]
 
 
 def values_to_times(
@@ -47,3 +47,16 @@ def shift_image(image: Float[Array, " pixels"], shift: Int[ArrayLike, " 2"], sid
     inside = (rows >= 0) & (rows < side) & (cols >= 0) & (cols < side)
     source = jnp.clip(rows, 0, side - 1) * side + jnp.clip(cols, 0, side - 1)
     return jnp.where(inside.ravel(), image[source.ravel()], jnp.max(image))
+
+
+def flip_image(image: Float[Array, " pixels"], flip: Bool[ArrayLike, ""], side: int) -> Float[Array, " pixels"]:
+    """A square image of spike times (``side x side``, flattened), mirrored left to right where ``flip``.
+
+    One sample; vmap for batches.
+
+    Example:
+        >>> flip_image(jnp.array([0.5, 0.25, 0.75, 2.0]), True, side=2).tolist()
+        [0.25, 0.5, 2.0, 0.75]
+    """
+    mirrored = image.reshape(side, side)[:, ::-1].ravel()
+    return jnp.where(flip, mirrored, image)

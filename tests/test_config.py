@@ -39,6 +39,7 @@ def test_overrides_parse_types():
         ("max_missing", "(0.3,)", "`max_missing` needs one fraction per layer"),
         ("trainable_neuron", "('tau',)", "`trainable_neuron`"),
         ("augment_shift", "1", "`augment_shift` translates images and must be 0 for yinyang"),
+        ("augment_flip", "True", "`augment_flip` mirrors images and must be False for yinyang"),
     ],
 )
 def test_bad_values_fail_with_the_key_named(key, value, match):

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fsnn.encoding import add_input_noise, shift_image, values_to_times
+from fsnn.encoding import add_input_noise, flip_image, shift_image, values_to_times
 
 
 def test_values_to_times():
@@ -31,3 +31,12 @@ def test_shift_image_translates_and_fills_with_the_background():
         np.testing.assert_array_equal(np.asarray(out).reshape(5, 5), expected[6:11, 6:11])
     silent = jnp.where(jnp.arange(9) % 2 == 0, 0.5, jnp.inf)  # a silent background stays silent
     assert np.isinf(np.asarray(shift_image(silent, jnp.array([0, -1]), side=3))[2::3]).all()
+
+
+def test_flip_image_mirrors_rows_only_where_asked():
+    image = np.random.default_rng(0).uniform(0.15, 2.0, (4, 4))
+    flat = jnp.asarray(image.ravel())
+    np.testing.assert_array_equal(np.asarray(flip_image(flat, True, side=4)).reshape(4, 4), image[:, ::-1])
+    np.testing.assert_array_equal(np.asarray(flip_image(flat, False, side=4)), image.ravel())
+    batch = jax.vmap(flip_image, (0, 0, None))(jnp.stack([flat, flat]), jnp.array([False, True]), 4)
+    np.testing.assert_array_equal(np.asarray(batch[1]).reshape(4, 4), image[:, ::-1])

@@ -99,8 +99,9 @@ def test_remedies_are_reported():
     assert int(np.sum(metrics["bumps"])) == 0 and int(metrics["dropped_columns"]) == 0
 
 
-def test_image_shift_augmentation_enters_training_reproducibly():
-    """`augment_shift` changes what an image epoch trains on, and the same seed repeats it exactly."""
+@pytest.mark.parametrize("augmentation", [{"augment_shift": 2}, {"augment_flip": True}])
+def test_image_augmentation_enters_training_reproducibly(augmentation):
+    """Translations and mirror images change what an image epoch trains on; the same seed repeats it."""
     config = Config(dataset="mnist16", hidden=(4,), init=((0.2, 0.4), (1.0, 0.8)), max_missing=(0.5, 0.5))
     config = dataclasses.replace(config, batch_size=32, weight_bumping=False)
     rng = np.random.default_rng(0)
@@ -111,12 +112,12 @@ def test_image_shift_augmentation_enters_training_reproducibly():
         state, _ = trainer.train_epoch(trainer.init_state(), x, y)
         return np.asarray(state.params["layers"][0]["kernel"])
 
-    shifting, plain = (Trainer(dataclasses.replace(config, augment_shift=s)) for s in (2, 0))
-    shifted = epoch(shifting)
-    np.testing.assert_array_equal(shifted, epoch(shifting))
-    unshifted = epoch(plain)
+    augmenting, plain = Trainer(dataclasses.replace(config, **augmentation)), Trainer(config)
+    augmented = epoch(augmenting)
+    np.testing.assert_array_equal(augmented, epoch(augmenting))
+    plain_kernel = epoch(plain)
     initial = np.asarray(plain.init_state().params["layers"][0]["kernel"])
-    assert not np.allclose(unshifted, initial) and not np.allclose(shifted, unshifted)
+    assert not np.allclose(plain_kernel, initial) and not np.allclose(augmented, plain_kernel)
 
 
 def test_mnist16_smoke_on_real_images_beats_chance(tmp_path, monkeypatch, mnist_prepared):

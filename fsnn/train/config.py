@@ -84,6 +84,9 @@ class Config:
     # training images translated by up to this many pixels in each direction (uniform, per sample
     # and step; the border takes the background); image datasets only
     augment_shift: int = 0
+    # training images mirrored left to right with probability 1/2 (per sample and step); for
+    # datasets whose classes are mirror-symmetric (clothes, not digits)
+    augment_flip: bool = False
     # remedies
     weight_bumping: bool = True
     bump_value: float = 5e-4
@@ -197,6 +200,8 @@ class Config:
         side = math.isqrt(self.n_inputs)  # images are square
         if self.augment_shift and self.dataset == "yinyang":
             bad("augment_shift", f"translates images and must be 0 for yinyang; got {self.augment_shift}.")
+        if self.augment_flip and self.dataset == "yinyang":
+            bad("augment_flip", "mirrors images and must be False for yinyang.")
         if not 0 <= self.augment_shift < side:
             bad("augment_shift", f"must be a whole number of pixels in 0 .. {side - 1}; got {self.augment_shift}.")
         if self.max_dw_norm is not None and not self.max_dw_norm > 0:

@@ -26,7 +26,7 @@ from fsnn.core import spike_time
 from fsnn.core.spike_time import resolve_solver
 from fsnn.data.images import data_dir_from_env, encode_images, load_images
 from fsnn.data.yinyang import yinyang_splits
-from fsnn.encoding import add_input_noise, shift_image, values_to_times
+from fsnn.encoding import add_input_noise, flip_image, shift_image, values_to_times
 from fsnn.losses import is_correct, mse_spike_time, ttfs_cross_entropy
 from fsnn.nn import SpikingNetwork, batched
 from fsnn.remedies import BumpState, apply_bump, bump_targets, drop_large_weight_grads
@@ -364,9 +364,13 @@ class Trainer:
     def _train_step(self, state: TrainState, batch, hp, first_order: bool = True):
         cfg = self.config
         x, y, valid, key = batch
+        side = math.isqrt(x.shape[1])
+        if cfg.augment_flip:
+            flips = jax.random.bernoulli(jax.random.fold_in(key, 3), 0.5, (x.shape[0],))
+            x = jax.vmap(flip_image, (0, 0, None))(x, flips, side)
         if cfg.augment_shift > 0:
             shifts = jax.random.randint(jax.random.fold_in(key, 2), (x.shape[0], 2), 0, 2 * cfg.augment_shift + 1)
-            x = jax.vmap(shift_image, (0, 0, None))(x, shifts - cfg.augment_shift, math.isqrt(x.shape[1]))
+            x = jax.vmap(shift_image, (0, 0, None))(x, shifts - cfg.augment_shift, side)
         if cfg.input_noise > 0:
             x = add_input_noise(key, x, hp["input_noise"])
         keys = jax.random.split(jax.random.fold_in(key, 1), x.shape[0]) if cfg.in_the_loop else None
