@@ -19,8 +19,8 @@ probes and full runs (BENCHMARKS.md, Fashion-MNIST):
 - 40 epochs with the learning rate x 0.7 every 4 (0.01 -> 4.0e-4) instead of 150 with x 0.9 every
   15, and the best-validation weights kept (`select_best`);
 - a second hidden layer of 350 (initial weights N(0.15, 0.8) like the output layer's, at most 30 %
-  silent like the first): 88.43 / 88.71 % test for seeds 0 / 1 against 88.04 / 88.26 %
-  with one hidden layer (BENCHMARKS.md, Fashion-MNIST).
+  silent like the first): 88.58 +- 0.14 % test over seeds 0, 1, 2 against 88.15 +- 0.16 % with
+  one hidden layer (BENCHMARKS.md, Fashion-MNIST).
 Still at most one spike per neuron; the closed form (Lambert W) solves every layer.
 
 Command:  fsnn train fashion_mnist --data-dir ../shared/data
