@@ -105,18 +105,23 @@ class SpikingDense(nnx.Module):
         *,
         max_dw_norm: float | Array | None = None,
         drop_counter: Float[ArrayLike, ""] = 0.0,
+        input_scale: float = 1.0,
     ) -> Float[Array, "batch n_out"]:
         """Spike times of a batch with the batch-level backward pass (`fsnn.core.batch_grad`).
 
         For first-order training of the weights: faster than `jax.vmap` of ``__call__``, with the
         gradient drop ``max_dw_norm`` built in (its count is the gradient of ``drop_counter``).
-        Learned neuron parameters need ``__call__``.
+        ``input_scale`` multiplies the weights of the inputs (not of the bias spikes), as dropout
+        on the inputs needs. Learned neuron parameters need ``__call__``.
         """
         if self.neuron_learned:
             raise ValueError("`batch` trains weights only; a layer with learned neuron parameters needs `__call__`.")
+        kernel = self.kernel[...]
+        if input_scale != 1.0:
+            kernel = kernel.at[: self.in_features].multiply(input_scale)
         return batch_spike_times(
             jax.vmap(self.with_bias)(input_times),
-            self.kernel[...],
+            kernel,
             self.neuron_with(neuron),
             solver=self.solver,
             max_dw_norm=max_dw_norm,
@@ -179,16 +184,31 @@ class SpikingNetwork(nnx.Module):
         *,
         max_dw_norm: float | Array | None = None,
         drop_counters: Float[ArrayLike, " n_layers"] | None = None,
+        dropout: float = 0.0,
+        key: Array | None = None,
     ) -> list[Float[Array, "batch n"]]:
         """Spike times of every layer for a batch through `SpikingDense.batch` (first-order training).
 
         ``drop_counters``: one per layer; their gradients count each layer's dropped columns.
+        ``dropout`` (with ``key``): each hidden spike is removed (made silent) for the next layer
+        with this probability, per sample and neuron, and the next layer's input weights are scaled
+        by ``1 / (1 - dropout)`` (inverted dropout: the expected input stays). The returned times
+        are those before the removal (the layer did fire; remedies and statistics see that).
         """
+        if dropout and key is None:
+            raise ValueError("`dropout` > 0 needs a `key`.")
         counters = jnp.zeros(len(self.layers)) if drop_counters is None else drop_counters
         out = []
+        scale = 1.0
         for i, layer in enumerate(self.layers):
             neuron = None if neurons is None else neurons[i]
-            input_times = layer.batch(input_times, neuron, max_dw_norm=max_dw_norm, drop_counter=counters[i])
+            if i > 0 and dropout:
+                keep = jax.random.bernoulli(jax.random.fold_in(key, i), 1.0 - dropout, input_times.shape)
+                input_times = jnp.where(keep, input_times, jnp.inf)
+                scale = 1.0 / (1.0 - dropout)
+            input_times = layer.batch(
+                input_times, neuron, max_dw_norm=max_dw_norm, drop_counter=counters[i], input_scale=scale
+            )
             out.append(input_times)
         return out
 

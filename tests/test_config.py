@@ -40,11 +40,28 @@ def test_overrides_parse_types():
         ("trainable_neuron", "('tau',)", "`trainable_neuron`"),
         ("augment_shift", "1", "`augment_shift` translates images and must be 0 for yinyang"),
         ("augment_flip", "True", "`augment_flip` mirrors images and must be False for yinyang"),
+        ("dropout", "1.0", "`dropout` is a probability in"),
+        ("dropout", "-0.1", "`dropout` is a probability in"),
     ],
 )
 def test_bad_values_fail_with_the_key_named(key, value, match):
     with pytest.raises(ValueError, match=match):
         apply_overrides(Config(), {key: value})
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"in_the_loop": "True"},
+        {"trainable_neuron": "('threshold',)"},
+        {"hidden": "()", "init": "((0.5, 0.8),)", "max_missing": "(0.0,)"},
+    ],
+)
+def test_dropout_only_where_it_acts(other):
+    """Dropout acts between the layers of first-order weight training on the ideal model."""
+    assert apply_overrides(Config(), {"dropout": "0.2"}).dropout == 0.2
+    with pytest.raises(ValueError, match="`dropout` acts between the layers"):
+        apply_overrides(Config(), {"dropout": "0.2", **other})
 
 
 def test_unknown_experiment():

@@ -54,3 +54,47 @@ def test_errors():
         SpikingDense(2, 2, init_mean=0, init_std=1, trainable=("tau",), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="`init`"):
         SpikingNetwork(4, (8, 3), init=((1.0, 1.0),), rngs=nnx.Rngs(0))
+
+
+def test_dropout_removes_hidden_spikes_and_scales_the_next_layer():
+    """`SpikingNetwork.batch` with dropout: hidden times returned unchanged, the next layer sees the
+    kept spikes through input weights times 1 / (1 - p) (bias row unscaled); float64 gradients of
+    the dropped-out network match central differences; no key is an error."""
+    net = SpikingNetwork(4, (16, 3), init=((1.5, 0.8), (0.5, 0.8)), rngs=nnx.Rngs(3), param_dtype=jnp.float64)
+    x = jax.random.uniform(jax.random.key(1), (8, 4), jnp.float64, 0.15, 2.0)
+    key, p = jax.random.key(7), 0.25
+    plain = net.batch(x)
+    hidden, out = net.batch(x, dropout=p, key=key)
+    np.testing.assert_array_equal(hidden, plain[0])
+    keep = jax.random.bernoulli(jax.random.fold_in(key, 1), 1.0 - p, hidden.shape)
+    assert 0 < int(jnp.sum(~keep & jnp.isfinite(hidden)))  # some spikes that fired were removed
+    kernel = net.layers[1].kernel[...]
+    scaled = kernel.at[:16].multiply(1.0 / (1.0 - p))
+    masked = jnp.where(keep, hidden, jnp.inf)
+    expected = jax.vmap(lambda h: layer_spike_times(net.layers[1].with_bias(h), scaled, LIFParams()))(masked)
+    np.testing.assert_allclose(out, expected, rtol=1e-12)
+    assert not np.allclose(np.where(np.isfinite(out), out, 0), np.where(np.isfinite(plain[1]), plain[1], 0))
+
+    graphdef, state = nnx.split(net)
+    params = nnx.to_pure_dict(state)
+
+    def loss(params):
+        t = nnx.merge(graphdef, params).batch(x, dropout=p, key=key)[-1]
+        return jnp.sum(jnp.where(jnp.isfinite(t), t, 0.0))
+
+    grads = jax.grad(loss)(params)
+    eps = 1e-6
+    for layer, (i, j) in ((0, (2, 5)), (1, (3, 1)), (1, (16, 0))):
+        g = grads["layers"][layer]["kernel"][i, j]
+
+        def shifted(d, layer=layer, i=i, j=j):
+            kernel = params["layers"][layer]["kernel"].at[i, j].add(d)
+            return loss(
+                {**params, "layers": {**params["layers"], layer: {**params["layers"][layer], "kernel": kernel}}}
+            )
+
+        fd = (shifted(eps) - shifted(-eps)) / (2 * eps)
+        assert g != 0
+        np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-8)
+    with pytest.raises(ValueError, match="needs a `key`"):
+        net.batch(x, dropout=p)

@@ -99,9 +99,10 @@ def test_remedies_are_reported():
     assert int(np.sum(metrics["bumps"])) == 0 and int(metrics["dropped_columns"]) == 0
 
 
-@pytest.mark.parametrize("augmentation", [{"augment_shift": 2}, {"augment_flip": True}])
+@pytest.mark.parametrize("augmentation", [{"augment_shift": 2}, {"augment_flip": True}, {"dropout": 0.3}])
 def test_image_augmentation_enters_training_reproducibly(augmentation):
-    """Translations and mirror images change what an image epoch trains on; the same seed repeats it."""
+    """Translations, mirror images and hidden-spike dropout change what an image epoch trains on;
+    the same seed repeats it."""
     config = Config(dataset="mnist16", hidden=(4,), init=((0.2, 0.4), (1.0, 0.8)), max_missing=(0.5, 0.5))
     config = dataclasses.replace(config, batch_size=32, weight_bumping=False)
     rng = np.random.default_rng(0)

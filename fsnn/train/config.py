@@ -87,6 +87,9 @@ class Config:
     # training images mirrored left to right with probability 1/2 (per sample and step); for
     # datasets whose classes are mirror-symmetric (clothes, not digits)
     augment_flip: bool = False
+    # each hidden spike removed for the next layer with this probability (per sample, neuron and
+    # step; that layer's input weights times 1 / (1 - p) meanwhile); training only, not evaluation
+    dropout: float = 0.0
     # remedies
     weight_bumping: bool = True
     bump_value: float = 5e-4
@@ -197,6 +200,14 @@ class Config:
             bad("adam_eps_root", f"must be >= 0; got {self.adam_eps_root}.")
         if self.input_noise < 0:
             bad("input_noise", f"must be >= 0; got {self.input_noise}.")
+        if not 0 <= self.dropout < 1:
+            bad("dropout", f"is a probability in [0, 1); got {self.dropout}.")
+        if self.dropout and (self.trainable_neuron or self.in_the_loop or not self.hidden):
+            bad(
+                "dropout",
+                "acts between the layers of first-order weight training on the ideal model (hidden layers, no "
+                f"`trainable_neuron`, no `in_the_loop`); set it to 0 here; got {self.dropout}.",
+            )
         side = math.isqrt(self.n_inputs)  # images are square
         if self.augment_shift and self.dataset == "yinyang":
             bad("augment_shift", f"translates images and must be 0 for yinyang; got {self.augment_shift}.")

@@ -301,16 +301,19 @@ class Trainer:
         return jax.vmap(self.forward, in_axes=(None, 0, None, 0))(params, x, hp, keys)
 
     # -- one batch ----------------------------------------------------------------------------
-    def _grads(self, params, x, y, valid, hp, keys, first_order=True):
+    def _grads(self, params, x, y, valid, hp, keys, first_order=True, dropout_key=None):
         """Loss, per-layer times and gradient of the batch-mean loss (gradient drop applied).
 
         ``keys [batch]`` (jitter keys) put the forward pass on the substrate; ``None``: ideal.
         ``first_order``: the batch-level backward pass (`SpikingNetwork.batch`, on the substrate
         `network_on_substrate_batch`) where it applies (weights only); it cannot be differentiated
         again (hypergradients pass ``False``: per-sample custom JVPs under `jax.vmap`).
+        ``dropout_key``: the step's key for ``config.dropout`` (batch-level path only).
         """
         cfg = self.config
         n_valid = jnp.maximum(jnp.sum(valid), 1).astype(x.dtype)
+        if cfg.dropout and not (first_order and keys is None):
+            raise ValueError("config key `dropout` needs first-order training of the ideal model; set it to 0.")
 
         if first_order and not cfg.trainable_neuron:
             max_norm = None if cfg.max_dw_norm is None else hp["max_dw_norm"]
@@ -318,7 +321,14 @@ class Trainer:
             def batch_loss(p, counters):
                 model = nnx.merge(self.graphdef, p)
                 if keys is None:
-                    times = model.batch(x, self._neurons(hp), max_dw_norm=max_norm, drop_counters=counters)
+                    times = model.batch(
+                        x,
+                        self._neurons(hp),
+                        max_dw_norm=max_norm,
+                        drop_counters=counters,
+                        dropout=cfg.dropout,
+                        key=dropout_key,
+                    )
                 else:
                     times = network_on_substrate_batch(
                         model,
@@ -374,7 +384,8 @@ class Trainer:
         if cfg.input_noise > 0:
             x = add_input_noise(key, x, hp["input_noise"])
         keys = jax.random.split(jax.random.fold_in(key, 1), x.shape[0]) if cfg.in_the_loop else None
-        loss, times, grads, dropped = self._grads(state.params, x, y, valid, hp, keys, first_order)
+        dropout_key = jax.random.fold_in(key, 4) if cfg.dropout else None
+        loss, times, grads, dropped = self._grads(state.params, x, y, valid, hp, keys, first_order, dropout_key)
         with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes int and float
             updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
