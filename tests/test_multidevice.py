@@ -71,7 +71,13 @@ configs = expand_grid(base, 3, {})  # three seeds: two devices pad a fourth run
 spread = _spread(np.arange(3.0), _runs_mesh(2), 3)
 out = {"spread": spread.tolist(), "spread_shards": sorted(s.data.shape[0] for s in spread.addressable_shards)}
 one_rows, one = sweep(configs, quiet=True, devices=1)
+from fsnn.core import cpu_kernel
+native = cpu_kernel.causal_prefix_native
+traced = []  # the two-device programs trace the native search (each device runs its own runs)
+cpu_kernel.causal_prefix_native = lambda *a, **k: traced.append(1) or native(*a, **k)
 two_rows, two = sweep(configs, quiet=True, devices=2)
+cpu_kernel.causal_prefix_native = native
+out["native"] = [cpu_kernel.available(), len(traced)]
 with tempfile.TemporaryDirectory() as tmp:  # interrupted on two devices, resumed on one
     sweep([dataclasses.replace(c, epochs=1) for c in configs], Path(tmp), quiet=True, devices=2)
     resumed_rows, resumed = sweep(configs, Path(tmp), quiet=True, devices=1, resume=True)
@@ -98,3 +104,5 @@ def test_sweep_spread_over_two_devices_matches_one_and_resumes_on_one():
     assert one == two == resumed
     assert out["two_vs_one"] < 1e-12 and out["resumed_vs_one"] < 1e-12
     assert "--devices must be 0 (all) or 1..2" in out["error"]
+    available, traced = out["native"]
+    assert traced > 0 or not available

@@ -6,8 +6,9 @@ optimizer states and `hyperparameters` are stacked along a leading ``run`` axis.
 anything that changes shapes or code (sizes, batch size, dataset, solver, epochs, ...) are grouped,
 one compiled program per group. Each run ends with the weights it would have had when trained alone
 (`tests/test_sweep.py`). The stacked runs are spread over the visible devices, or ``devices`` of
-them (a ``runs`` mesh axis; each run stays whole on one device, so nothing is communicated):
-several GPUs, or the cores of a CPU shown to JAX as devices (`fsnn sweep --devices N`).
+them (a ``runs`` mesh axis; `jax.shard_map` gives each device its runs whole, so nothing is
+communicated and each device runs the one-device program, native CPU kernel included): several
+GPUs, or the cores of a CPU shown to JAX as devices (`fsnn sweep --devices N`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ from fsnn.train.loop import (
     hyperparameters,
     load_data,
     resolved_solver,
-    sharded_search,
     standard_normal_kernels,
 )
 
@@ -139,20 +139,31 @@ _PROGRAMS: dict[str, _Programs] = {}  # by `group_key`: later sweeps in this pro
 _MAX_PROGRAMS = 8
 
 
-def _programs(config: Config) -> _Programs:
-    """The (jitted, vmapped over runs) programs of ``config``'s group, built once per process."""
+def _per_device(f, mesh: Mesh | None):
+    """``f`` (vmapped over runs; arguments: per-run, data, data, per-run) run by every device of
+    ``mesh`` on its own runs (`jax.shard_map`): each device's program is the one-device program, so
+    the native CPU kernel stays in it and nothing is communicated."""
+    if mesh is None:
+        return f
+    runs, shared = PartitionSpec("runs"), PartitionSpec()
+    # check_vma=False: the custom VJPs of the core do not mark their cotangents as varying per device
+    return jax.shard_map(f, mesh=mesh, in_specs=(runs, shared, shared, runs), out_specs=runs, check_vma=False)
+
+
+def _programs(config: Config, mesh: Mesh | None = None) -> _Programs:
+    """The (jitted, vmapped over runs) programs of ``config``'s group on ``mesh``, built once per process."""
     key = group_key(dataclasses.replace(config, epochs=1))  # the epoch count is a host loop, not code
+    key += f"|{None if mesh is None else (mesh.devices.tolist(), mesh.axis_names)}"
     if key not in _PROGRAMS:
         while len(_PROGRAMS) >= _MAX_PROGRAMS:
             _PROGRAMS.pop(next(iter(_PROGRAMS)))
         trainer = Trainer(config)
-        evaluate = {
-            side: xla.jit(jax.vmap(functools.partial(trainer._evaluate, on_substrate=side), (0, None, None, 0)))
-            for side in (False, True)
-        }
-        _PROGRAMS[key] = _Programs(
-            trainer, xla.jit(jax.vmap(trainer._train_epoch, in_axes=(0, None, None, 0))), evaluate
-        )
+
+        def program(f):
+            return xla.jit(_per_device(jax.vmap(f, in_axes=(0, None, None, 0)), mesh))
+
+        evaluate = {side: program(functools.partial(trainer._evaluate, on_substrate=side)) for side in (False, True)}
+        _PROGRAMS[key] = _Programs(trainer, program(trainer._train_epoch), evaluate)
     return _PROGRAMS[key]
 
 
@@ -172,7 +183,7 @@ def _train_group(
             "config key `devices` (batches sharded) must be 1 in a sweep; `fsnn sweep --devices N` spreads the runs."
         )
     _enable_dtype(first)
-    trainer, train_epoch, evaluators = _programs(first)
+    trainer, train_epoch, evaluators = _programs(first, mesh)
     evaluate = evaluators[first.in_the_loop]
     n = len(configs)
     hps = _stack([hyperparameters(c) for c in configs])
@@ -327,10 +338,7 @@ def sweep(
                     f.write(json.dumps({"group": g, **row}) + "\n")
 
         ckpt_dir = None if workdir is None else workdir / "checkpoints" / f"group-{g}"
-        with sharded_search(mesh):
-            group_rows, stacked, seconds = _train_group(
-                [configs[i] for i in indices], data_dir, quiet, log, ckpt_dir, mesh
-            )
+        group_rows, stacked, seconds = _train_group([configs[i] for i in indices], data_dir, quiet, log, ckpt_dir, mesh)
         for j, i in enumerate(indices):
             rows[i] = {
                 "run": i,
