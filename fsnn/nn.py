@@ -199,13 +199,12 @@ class SpikingNetwork(nnx.Module):
             raise ValueError("`dropout` > 0 needs a `key`.")
         counters = jnp.zeros(len(self.layers)) if drop_counters is None else drop_counters
         out = []
-        scale = 1.0
         for i, layer in enumerate(self.layers):
             neuron = None if neurons is None else neurons[i]
             if i > 0 and dropout:
                 keep = jax.random.bernoulli(jax.random.fold_in(key, i), 1.0 - dropout, input_times.shape)
                 input_times = jnp.where(keep, input_times, jnp.inf)
-                scale = 1.0 / (1.0 - dropout)
+            scale = 1.0 / (1.0 - dropout) if i > 0 else 1.0
             input_times = layer.batch(
                 input_times, neuron, max_dw_norm=max_dw_norm, drop_counter=counters[i], input_scale=scale
             )
