@@ -312,8 +312,8 @@ class Trainer:
         """
         cfg = self.config
         n_valid = jnp.maximum(jnp.sum(valid), 1).astype(x.dtype)
-        if cfg.dropout and not (first_order and keys is None):
-            raise ValueError("config key `dropout` needs first-order training of the ideal model; set it to 0.")
+        if cfg.dropout and not first_order:  # the config rules out the other paths
+            raise ValueError("config key `dropout` needs first-order training (not hypergradients); set it to 0.")
 
         if first_order and not cfg.trainable_neuron:
             max_norm = None if cfg.max_dw_norm is None else hp["max_dw_norm"]
