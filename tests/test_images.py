@@ -5,6 +5,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 
 import numpy as np
 import pytest
@@ -91,6 +92,42 @@ def test_bad_files_give_one_clear_error_and_leave_nothing_prepared(
     assert not list(scratch.iterdir())  # TFDS's empty GCS-metadata folders included
     with pytest.raises(DataError, match="t10k-labels"):  # the TFDS-free reader checks the same way
         read_originals("mnist", mnist_copy.parent)
+
+
+def test_a_run_waits_for_a_preparation_in_progress_and_reads_it(tmp_path, mnist_prepared, no_network, monkeypatch):
+    # Two runs started together on a fresh machine: the second used to prepare too and then fail on
+    # TFDS's final rename. Now it waits for the first's lock and reads what the first wrote.
+    from fsnn.data import images
+
+    prepared = tmp_path / "prepared"
+    locked = images._exclusive
+    waiting = threading.Event()
+
+    def exclusive(lock_file):
+        waiting.set()
+        return locked(lock_file)
+
+    monkeypatch.setattr(images, "_exclusive", exclusive)
+    outcome = {}
+
+    def second_run():
+        try:  # no originals where it looks: preparing again would raise DataError
+            outcome["splits"] = load_images("mnist", data_dir=tmp_path / "no-originals", prepared_dir=prepared)
+        except Exception as err:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = err
+
+    with locked(prepared / "fsnn_mnist.lock"):  # the first run is preparing
+        worker = threading.Thread(target=second_run)
+        worker.start()
+        assert waiting.wait(timeout=60), "the second run did not ask for the preparation lock"
+        shutil.copytree(mnist_prepared / "fsnn_mnist", prepared / "fsnn_mnist")  # the first run is done
+        assert worker.is_alive()  # it cannot get past the lock held here
+    worker.join(timeout=120)
+    assert not worker.is_alive()
+    assert "error" not in outcome, outcome.get("error")
+    expected = load_images("mnist", prepared_dir=mnist_prepared)
+    for name, split in expected.items():
+        np.testing.assert_array_equal(outcome["splits"][name].labels, split.labels)
 
 
 def test_fashion_files_are_checked_in_their_own_folder(tmp_path, mnist_copy, no_network):

@@ -14,8 +14,9 @@ Where the originals come from (first match wins):
 
 Every file's size and sha256 are checked before anything is prepared; TFDS writes into an
 ``incomplete.*`` folder and renames it only when all splits are written, so a failed preparation
-leaves nothing a later run would trust. The prepared arrays live in ``prepared_dir`` (``$TFDS_DATA_DIR``
-or ``~/tensorflow_datasets``).
+leaves nothing a later run would trust; runs started together prepare it once (a file lock in
+``prepared_dir``: the others wait and read what the first wrote). The prepared arrays live in
+``prepared_dir`` (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
 
 Splits (Göltz et al. 2021): train = the first 50 000 training images, validation = the last 10 000,
 test = the 10 000 test images.
@@ -23,9 +24,11 @@ test = the 10 000 test images.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -212,11 +215,17 @@ def load_images(
         raise ValueError(f"`name` must be one of {IMAGE_DATASETS}; got {name!r}.")
     prepared_dir = Path(prepared_dir or os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets")
     builder_cls = _builder_class(name)
-    builder = builder_cls(files={}, data_dir=str(prepared_dir), file_format="array_record")
+
+    def builder_of(files: dict[str, Path]):
+        return builder_cls(files=files, data_dir=str(prepared_dir), file_format="array_record")
+
+    builder = builder_of({})
     if not builder.is_prepared():
-        files = _locate_originals(name, Path(data_dir) if data_dir else None, prepared_dir)
-        builder = builder_cls(files=files, data_dir=str(prepared_dir), file_format="array_record")
-        builder.download_and_prepare(download_config=_no_gcs())
+        with _exclusive(prepared_dir / f"{builder.name}.lock"):
+            builder = builder_of({})
+            if not builder.is_prepared():  # else another process prepared it while this one waited
+                builder = builder_of(_locate_originals(name, Path(data_dir) if data_dir else None, prepared_dir))
+                builder.download_and_prepare(download_config=_no_gcs())
     out = {}
     for split, source in builder.as_data_source().items():
         rows = source.__getitems__(range(len(source)))
@@ -251,6 +260,24 @@ def _split(train: Images, test: Images) -> dict[str, Images]:
         "validation": Images(train.images[N_TRAIN:], train.labels[N_TRAIN:]),
         "test": test,
     }
+
+
+@contextlib.contextmanager
+def _exclusive(lock_file: Path) -> Iterator[None]:
+    """Holds an exclusive lock on ``lock_file`` (POSIX ``flock``; created if missing).
+
+    Runs started together on a fresh machine would otherwise prepare the same dataset at once, and
+    the later one to finish fails on TFDS's final rename. Without ``fcntl`` (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_file, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
+        yield
 
 
 def _no_gcs():
