@@ -97,17 +97,17 @@ def test_bad_files_give_one_clear_error_and_leave_nothing_prepared(
 def test_a_run_waits_for_a_preparation_in_progress_and_reads_it(tmp_path, mnist_prepared, no_network, monkeypatch):
     # Two runs started together on a fresh machine: the second used to prepare too and then fail on
     # TFDS's final rename. Now it waits for the first's lock and reads what the first wrote.
-    from fsnn.data import images
+    from fsnn import locks
 
     prepared = tmp_path / "prepared"
-    locked = images._exclusive
+    locked = locks.exclusive
     waiting = threading.Event()
 
-    def exclusive(lock_file):
+    def exclusive(lock_file, **kwargs):
         waiting.set()
-        return locked(lock_file)
+        return locked(lock_file, **kwargs)
 
-    monkeypatch.setattr(images, "_exclusive", exclusive)
+    monkeypatch.setattr(locks, "exclusive", exclusive)
     outcome = {}
 
     def second_run():

@@ -2,13 +2,16 @@
 
 import dataclasses
 import json
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
-from fsnn.train import Config, apply_overrides, checkpoint, load_config
+from fsnn.train import Config, ConfigError, apply_overrides, checkpoint, load_config
 from fsnn.train.loop import Trainer, evaluate_run, load_data, train_and_evaluate
+from fsnn.train.sweep import sweep
 
 TINY = Config(hidden=(16,), train_size=300, eval_size=150, epochs=2, batch_size=64, checkpoint_every=1)
 
@@ -84,6 +87,29 @@ def test_workdir_is_never_overwritten(tmp_path):
     with pytest.raises(ValueError, match="different config"):
         train_and_evaluate(dataclasses.replace(TINY, epochs=2, learning_rate=0.1), tmp_path, resume=True, quiet=True)
     assert (tmp_path / "metrics.jsonl").read_text() == before
+
+
+def test_a_workdir_in_use_is_refused_until_its_process_ends(tmp_path):
+    # The same command started twice: the second must fail at once, before it writes anything,
+    # not write over the running first's config, metrics and checkpoints.
+    (tmp_path / "metrics.jsonl").write_text("the first run's\n")
+    hold = (
+        "import sys, time; from fsnn.locks import exclusive\nwith exclusive(__import__('pathlib').Path(sys.argv[1])):\n"
+    )
+    hold += "    print('held', flush=True); time.sleep(600)"
+    with subprocess.Popen(
+        [sys.executable, "-c", hold, str(tmp_path / ".lock")], stdout=subprocess.PIPE, text=True
+    ) as first:
+        try:
+            assert first.stdout.readline().strip() == "held"
+            for second in (lambda: train_and_evaluate(TINY, tmp_path, quiet=True), lambda: sweep([TINY], tmp_path)):
+                with pytest.raises(ConfigError, match=rf"in use by another fsnn process \(pid {first.pid}\)"):
+                    second()
+            assert (tmp_path / "metrics.jsonl").read_text() == "the first run's\n"
+            assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "metrics.jsonl"]
+        finally:
+            first.kill()  # the claim ends with the process, however it ends
+    assert train_and_evaluate(dataclasses.replace(TINY, epochs=1), tmp_path, quiet=True, figures=False)["epochs"] == 1
 
 
 def test_remedies_are_reported():

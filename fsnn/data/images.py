@@ -24,15 +24,15 @@ test = the 10 000 test images.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from fsnn import locks
 
 __all__ = ["DataError", "IMAGE_DATASETS", "load_images", "read_originals", "encode_images", "data_dir_from_env"]
 
@@ -221,7 +221,7 @@ def load_images(
 
     builder = builder_of({})
     if not builder.is_prepared():
-        with _exclusive(prepared_dir / f"{builder.name}.lock"):
+        with locks.exclusive(prepared_dir / f"{builder.name}.lock"):
             builder = builder_of({})
             if not builder.is_prepared():  # else another process prepared it while this one waited
                 builder = builder_of(_locate_originals(name, Path(data_dir) if data_dir else None, prepared_dir))
@@ -260,24 +260,6 @@ def _split(train: Images, test: Images) -> dict[str, Images]:
         "validation": Images(train.images[N_TRAIN:], train.labels[N_TRAIN:]),
         "test": test,
     }
-
-
-@contextlib.contextmanager
-def _exclusive(lock_file: Path) -> Iterator[None]:
-    """Holds an exclusive lock on ``lock_file`` (POSIX ``flock``; created if missing).
-
-    Runs started together on a fresh machine would otherwise prepare the same dataset at once, and
-    the later one to finish fails on TFDS's final rename. Without ``fcntl`` (Windows) nothing is locked.
-    """
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
-        yield
 
 
 def _no_gcs():

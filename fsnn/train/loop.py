@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -21,7 +22,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from fsnn import xla
+from fsnn import locks, xla
 from fsnn.core import spike_time
 from fsnn.core.spike_time import resolve_solver
 from fsnn.data.images import data_dir_from_env, encode_images, load_images
@@ -566,6 +567,31 @@ def train_and_evaluate(
     _enable_dtype(config)
     trainer = Trainer(config)  # device and batch checks fail here, before anything is written
     workdir = Path(workdir)
+    with claim_workdir(workdir):
+        return _train_and_evaluate(trainer, workdir, resume, quiet, data_dir, figures)
+
+
+def claim_workdir(workdir: Path) -> contextlib.AbstractContextManager[None]:
+    """Holds ``workdir`` (created if missing) for this process while it trains or sweeps into it.
+
+    A second run into the same folder fails at once with a `ConfigError` naming the holder, before
+    it writes anything: it would otherwise overwrite the first's config and metrics and mix its
+    checkpoints with the first's. The claim ends with the process, however it ends.
+    """
+
+    def busy(pid: str) -> ConfigError:
+        return ConfigError(
+            f"`workdir` {workdir} is in use by another fsnn process (pid {pid}); wait for it to finish "
+            "or choose another --workdir."
+        )
+
+    return locks.exclusive(workdir / ".lock", busy=busy)
+
+
+def _train_and_evaluate(
+    trainer: Trainer, workdir: Path, resume: bool, quiet: bool, data_dir: str | Path | None, figures: bool
+) -> dict[str, Any]:
+    config = trainer.config
     ckpt_dir = workdir / "checkpoints"
     config_file, metrics_file = workdir / "config.json", workdir / "metrics.jsonl"
     has_run = ckpt_dir.exists() and any(ckpt_dir.iterdir())

@@ -13,6 +13,7 @@ GPUs, or the cores of a CPU shown to JAX as devices (`fsnn sweep --devices N`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -38,6 +39,7 @@ from fsnn.train.loop import (
     _enable_dtype,
     _progress,
     _to_python,
+    claim_workdir,
     hyperparameters,
     load_data,
     resolved_solver,
@@ -326,33 +328,36 @@ def sweep(
     for i, config in enumerate(configs):
         groups.setdefault(group_key(config), []).append(i)
     workdir = Path(workdir) if workdir is not None else None
-    if workdir is not None:
-        _prepare_workdir(workdir, configs, resume)
-    rows: list[dict[str, Any]] = [{} for _ in configs]
-    states: list[Any] = [None] * len(configs)
-    for g, indices in enumerate(groups.values()):
+    with contextlib.nullcontext() if workdir is None else claim_workdir(workdir):  # one sweep per workdir
+        if workdir is not None:
+            _prepare_workdir(workdir, configs, resume)
+        rows: list[dict[str, Any]] = [{} for _ in configs]
+        states: list[Any] = [None] * len(configs)
+        for g, indices in enumerate(groups.values()):
 
-        def log(row, g=g):
-            if workdir is not None:
-                with (workdir / "metrics.jsonl").open("a") as f:
-                    f.write(json.dumps({"group": g, **row}) + "\n")
+            def log(row, g=g):
+                if workdir is not None:
+                    with (workdir / "metrics.jsonl").open("a") as f:
+                        f.write(json.dumps({"group": g, **row}) + "\n")
 
-        ckpt_dir = None if workdir is None else workdir / "checkpoints" / f"group-{g}"
-        group_rows, stacked, seconds = _train_group([configs[i] for i in indices], data_dir, quiet, log, ckpt_dir, mesh)
-        for j, i in enumerate(indices):
-            rows[i] = {
-                "run": i,
-                "group": g,
-                "config": {**{k: getattr(configs[i], k) for k in keys}, "seed": configs[i].seed},
-                **group_rows[j],
-                "group_runs": len(indices),
-                "group_train_seconds": seconds,
-            }
-            states[i] = _unstack(stacked, j)
-    if workdir is not None:
-        report = {"base": dataclasses.asdict(base), "runs": rows, "summary": summarize(rows)}
-        (workdir / "sweep.json").write_text(json.dumps(report, indent=2))
-    return rows, states
+            ckpt_dir = None if workdir is None else workdir / "checkpoints" / f"group-{g}"
+            group_rows, stacked, seconds = _train_group(
+                [configs[i] for i in indices], data_dir, quiet, log, ckpt_dir, mesh
+            )
+            for j, i in enumerate(indices):
+                rows[i] = {
+                    "run": i,
+                    "group": g,
+                    "config": {**{k: getattr(configs[i], k) for k in keys}, "seed": configs[i].seed},
+                    **group_rows[j],
+                    "group_runs": len(indices),
+                    "group_train_seconds": seconds,
+                }
+                states[i] = _unstack(stacked, j)
+        if workdir is not None:
+            report = {"base": dataclasses.asdict(base), "runs": rows, "summary": summarize(rows)}
+            (workdir / "sweep.json").write_text(json.dumps(report, indent=2))
+        return rows, states
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
