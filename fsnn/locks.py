@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,7 +17,8 @@ def exclusive(lock_file: Path, *, busy: Callable[[str], Exception] | None = None
 
     Waits while another process holds it, or with ``busy`` raises ``busy(pid)`` at once instead
     (``pid``: the holder's, which the file keeps, or ``"?"``). The lock ends with the process,
-    however it ends. Without ``fcntl`` (Windows) nothing is locked.
+    however it ends. Without ``fcntl`` (Windows), or on a filesystem that cannot lock (a warning
+    says so), nothing is locked.
     """
     try:
         import fcntl
@@ -30,6 +32,10 @@ def exclusive(lock_file: Path, *, busy: Callable[[str], Exception] | None = None
         except BlockingIOError:
             handle.seek(0)
             raise busy(handle.read().strip() or "?") from None
+        except OSError as err:  # a filesystem without locks (some network mounts): go on unguarded
+            warnings.warn(f"cannot lock {lock_file} ({err}); going on without the lock", stacklevel=3)
+            yield
+            return
         handle.truncate(0)
         handle.write(f"{os.getpid()}\n")
         handle.flush()
