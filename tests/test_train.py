@@ -112,6 +112,20 @@ def test_a_workdir_in_use_is_refused_until_its_process_ends(tmp_path):
     assert train_and_evaluate(dataclasses.replace(TINY, epochs=1), tmp_path, quiet=True, figures=False)["epochs"] == 1
 
 
+def test_in_a_multi_host_run_the_first_process_claims_the_workdir(tmp_path, monkeypatch):
+    # Every host's process trains into the same (shared) folder: only process 0 may hold it.
+    from fsnn.train.loop import claim_workdir
+
+    with claim_workdir(tmp_path):
+        monkeypatch.setattr(jax, "process_index", lambda: 1)
+        with claim_workdir(tmp_path):  # the other hosts go on
+            pass
+        monkeypatch.setattr(jax, "process_index", lambda: 0)
+        with pytest.raises(ConfigError, match="in use"):  # a second run of the first host does not
+            with claim_workdir(tmp_path):
+                pass
+
+
 def test_remedies_are_reported():
     # Low initial weights silence the hidden layer: bumping must kick in and be counted.
     config = dataclasses.replace(TINY, init=((0.0, 0.1), (0.5, 0.8)), max_missing=(0.3, 0.0), epochs=1)

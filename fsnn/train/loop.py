@@ -576,8 +576,11 @@ def claim_workdir(workdir: Path) -> contextlib.AbstractContextManager[None]:
 
     A second run into the same folder fails at once with a `ConfigError` naming the holder, before
     it writes anything: it would otherwise overwrite the first's config and metrics and mix its
-    checkpoints with the first's. The claim ends with the process, however it ends.
+    checkpoints with the first's. The claim ends with the process, however it ends. In a
+    multi-host run (``--distributed``) the first process claims the folder for all of them.
     """
+    if jax.process_index() != 0:
+        return contextlib.nullcontext()
 
     def busy(pid: str) -> ConfigError:
         return ConfigError(
