@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -219,11 +220,26 @@ def main(argv: list[str] | None = None) -> int:
         from fsnn.xla import use_compilation_cache
 
         use_compilation_cache()
+    trains = args.func in (_train, _sweep)
+    if trains:  # a scheduler's SIGTERM stops a run as Ctrl-C does: the epochs done are checkpointed
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.func(args)
     except (ConfigError, DataError, FileNotFoundError) as err:  # user-fixable; anything else keeps its traceback
         print(f"fsnn: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if not trains:
+            raise
+        print(
+            "fsnn: interrupted; the epochs done are checkpointed: the same command with --resume continues.",
+            file=sys.stderr,
+        )
+        return 130
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

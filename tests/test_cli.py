@@ -114,3 +114,35 @@ def test_command_line_keeps_compiled_programs_across_processes(tmp_path):
             assert any("_train_epoch" in line for line in hits) and any("_evaluate" in line for line in hits)
     assert results[0]["test_accuracy"] == results[1]["test_accuracy"]
     assert results[0]["test_loss"] == results[1]["test_loss"]
+
+
+def test_sigterm_keeps_the_epochs_done_and_resume_continues(tmp_path):
+    """A scheduler's SIGTERM (as Ctrl-C) mid-run: exit status 130 and one line, the epochs in
+    metrics.jsonl are checkpointed (there are no periodic checkpoints here), --resume continues."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fsnn.train import checkpoint
+
+    workdir = tmp_path / "run"
+    command = [sys.executable, "-m", "fsnn.cli", "train", "yinyang", "--smoke", "--quiet", "--no-figures"]
+    command += ["--set", "hidden=(16,)", "--set", "checkpoint_every=0", "--workdir", str(workdir)]
+    metrics = workdir / "metrics.jsonl"
+    with subprocess.Popen([*command, "--epochs", "100000"], stderr=subprocess.PIPE, text=True) as run:
+        deadline = time.monotonic() + 300
+        while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+            assert run.poll() is None and time.monotonic() < deadline, "the run did not train 3 epochs"
+            time.sleep(0.1)
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=120)
+    assert run.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("fsnn: interrupted")
+    epochs = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]
+    saved = checkpoint.latest_epoch(workdir / "checkpoints")
+    assert saved is not None and epochs[-1] - 1 <= saved <= epochs[-1]  # (a signal between the two writes)
+    done = subprocess.run([*command, "--epochs", str(saved + 2), "--resume"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    epochs = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]
+    assert epochs == list(range(1, saved + 3))

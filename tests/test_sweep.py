@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fsnn.cli import main
+from fsnn.train import checkpoint
 from fsnn.train.config import Config, ConfigError
 from fsnn.train.loop import Trainer, load_data
 from fsnn.train.sweep import _programs, expand_grid, group_key, summarize, sweep
@@ -70,6 +71,38 @@ def test_sweep_resumes_exactly_and_is_never_overwritten(tmp_path):
     saved = json.loads((tmp_path / "b" / "configs.json").read_text())
     assert [Config.from_dict(c) for c in saved] == long
     assert _programs(long[0]).train_epoch._cache_size() == compiled  # resumed states reuse the program
+
+
+def test_an_interrupted_sweep_keeps_its_epochs_and_resumes_exactly(tmp_path, monkeypatch):
+    # Ctrl-C (or SIGTERM under the command line) in epoch 3, no periodic checkpoints: the two
+    # epochs done are saved, and --resume ends exactly where an uninterrupted sweep does.
+    from fsnn.train import sweep as sweep_module
+
+    jax.config.update("jax_enable_x64", True)
+    configs = expand_grid(dataclasses.replace(BASE, epochs=4, checkpoint_every=0, select_best=True), 2, {})
+    straight_rows, straight = sweep(configs, quiet=True)
+    logged = []
+
+    def interrupt_in_epoch_3(tree, real=sweep_module._to_python):
+        logged.append(1)  # called once per epoch, for its metrics line
+        if len(logged) == 3:
+            raise KeyboardInterrupt
+        return real(tree)
+
+    monkeypatch.setattr(sweep_module, "_to_python", interrupt_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        sweep(configs, tmp_path, quiet=True)
+    monkeypatch.undo()
+    assert checkpoint.latest_epoch(tmp_path / "checkpoints" / "group-0") == 2
+    rows, resumed = sweep(configs, tmp_path, quiet=True, resume=True)
+    for a, b in zip(straight, resumed):
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert [(r["test_accuracy"], r["best_epoch"]) for r in rows] == [
+        (r["test_accuracy"], r["best_epoch"]) for r in straight_rows
+    ]
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2, 3, 4]
 
 
 def test_sweep_writes_report_and_table(tmp_path, capsys):

@@ -632,26 +632,35 @@ def _train_and_evaluate(
     t0 = time.perf_counter()
     best_val = max((h["val_accuracy"] for h in history), default=0.0)
     val = None
-    for epoch in range(start_epoch, config.epochs):
-        e0 = time.perf_counter()
-        state, summary = trainer.train_epoch(state, x_train, y_train)
-        val = trainer.evaluate(state.params, x_val, y_val)
-        row = {"epoch": epoch + 1, **_to_python(summary)}
-        row.update(val_loss=float(val["loss"]), val_accuracy=float(val["accuracy"]))
-        row["val_silent_fraction"] = _to_python(val["silent_fraction"])
-        row["seconds"] = time.perf_counter() - e0
-        if row["val_accuracy"] > best_val and config.select_best:
-            checkpoint.save(workdir / "best", state)
-        best_val = max(best_val, row["val_accuracy"])
-        with metrics_file.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        if config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0:
-            checkpoint.save(ckpt_dir, state)
-        if progress is not None:
-            progress.set_postfix(
-                loss=f"{row['train_loss']:.3f}", train=f"{row['train_accuracy']:.3f}", val=f"{row['val_accuracy']:.3f}"
-            )
-            progress.update(1)
+    logged = state  # the state of the last epoch in metrics.jsonl
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            e0 = time.perf_counter()
+            state, summary = trainer.train_epoch(state, x_train, y_train)
+            val = trainer.evaluate(state.params, x_val, y_val)
+            row = {"epoch": epoch + 1, **_to_python(summary)}
+            row.update(val_loss=float(val["loss"]), val_accuracy=float(val["accuracy"]))
+            row["val_silent_fraction"] = _to_python(val["silent_fraction"])
+            row["seconds"] = time.perf_counter() - e0
+            if row["val_accuracy"] > best_val and config.select_best:
+                checkpoint.save(workdir / "best", state)
+            best_val = max(best_val, row["val_accuracy"])
+            with metrics_file.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            logged = state
+            if config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0:
+                checkpoint.save(ckpt_dir, state)
+            if progress is not None:
+                progress.set_postfix(
+                    loss=f"{row['train_loss']:.3f}",
+                    train=f"{row['train_accuracy']:.3f}",
+                    val=f"{row['val_accuracy']:.3f}",
+                )
+                progress.update(1)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM under the command line: keep the epochs done
+        if int(logged.epoch) > start_epoch:
+            checkpoint.save(ckpt_dir, logged)
+        raise
     train_seconds = time.perf_counter() - t0
     if progress is not None:
         progress.close()

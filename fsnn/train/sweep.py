@@ -197,12 +197,12 @@ def _train_group(
     (x_train, y_train), (x_val, y_val) = data["train"], data["validation"]
     best_val, best_epoch, best_params = np.full(n, -1.0), np.zeros(n, np.int64), runs.params
 
-    def snapshot() -> dict[str, Any]:  # what a checkpoint holds
+    def snapshot(runs, best_params, best_val, best_epoch) -> dict[str, Any]:  # what a checkpoint holds
         best = {"best_val": jnp.asarray(best_val, x_train.dtype), "best_epoch": jnp.asarray(best_epoch, jnp.int32)}
         return {"runs": _first(runs, n), "best_params": _first(best_params, n), **best}
 
     if ckpt_dir is not None and checkpoint.latest_epoch(ckpt_dir) is not None:
-        saved = checkpoint.restore_latest(ckpt_dir, snapshot())
+        saved = checkpoint.restore_latest(ckpt_dir, snapshot(runs, best_params, best_val, best_epoch))
         runs, best_params = saved["runs"], saved["best_params"]
         best_val, best_epoch = np.asarray(saved["best_val"], np.float64), np.asarray(saved["best_epoch"], np.int64)
     hps, runs, best_params = _spread((hps, runs, best_params), mesh, n)
@@ -210,27 +210,36 @@ def _train_group(
     progress = _progress(first.epochs, start, quiet)
     t0 = time.perf_counter()
     val = None
-    for epoch in range(start, first.epochs):
-        runs, summary = train_epoch(runs, x_train, y_train, hps)
-        val = evaluate(runs.params, x_val, y_val, hps)
-        val_accuracy = np.asarray(val["accuracy"], np.float64)[:n]
-        better = val_accuracy > best_val  # ties keep the earlier epoch, as in `train_and_evaluate`
-        if better.any():
-            padded = np.pad(better, (0, len(val["accuracy"]) - n))  # padding runs (`_spread`): never kept
+    logged = runs, best_params, best_val, best_epoch  # as of the last epoch in metrics.jsonl
+    try:
+        for epoch in range(start, first.epochs):
+            runs, summary = train_epoch(runs, x_train, y_train, hps)
+            val = evaluate(runs.params, x_val, y_val, hps)
+            val_accuracy = np.asarray(val["accuracy"], np.float64)[:n]
+            better = val_accuracy > best_val  # ties keep the earlier epoch, as in `train_and_evaluate`
+            if better.any():
+                padded = np.pad(better, (0, len(val["accuracy"]) - n))  # padding runs (`_spread`): never kept
 
-            def keep_better(new, old, better=jnp.asarray(padded)):
-                return jnp.where(better.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+                def keep_better(new, old, better=jnp.asarray(padded)):
+                    return jnp.where(better.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
 
-            best_params = jax.tree.map(keep_better, runs.params, best_params)
-        best_epoch = np.where(better, epoch + 1, best_epoch)
-        best_val = np.maximum(best_val, val_accuracy)
-        log({"epoch": epoch + 1, **_to_python(_first(summary, n)), "val_accuracy": val_accuracy.tolist()})
-        last = epoch + 1 == first.epochs
-        if ckpt_dir is not None and (last or (first.checkpoint_every and (epoch + 1) % first.checkpoint_every == 0)):
-            checkpoint.save(ckpt_dir, snapshot(), step=epoch + 1)
-        if progress is not None:
-            progress.set_postfix(val=f"{val_accuracy.mean():.3f}")
-            progress.update(1)
+                best_params = jax.tree.map(keep_better, runs.params, best_params)
+            best_epoch = np.where(better, epoch + 1, best_epoch)
+            best_val = np.maximum(best_val, val_accuracy)
+            log({"epoch": epoch + 1, **_to_python(_first(summary, n)), "val_accuracy": val_accuracy.tolist()})
+            logged = runs, best_params, best_val, best_epoch
+            last = epoch + 1 == first.epochs
+            if ckpt_dir is not None and (
+                last or (first.checkpoint_every and (epoch + 1) % first.checkpoint_every == 0)
+            ):
+                checkpoint.save(ckpt_dir, snapshot(*logged), step=epoch + 1)
+            if progress is not None:
+                progress.set_postfix(val=f"{val_accuracy.mean():.3f}")
+                progress.update(1)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM under the command line: keep the epochs done
+        if ckpt_dir is not None and int(logged[0].epoch[0]) > start:
+            checkpoint.save(ckpt_dir, snapshot(*logged), step=int(logged[0].epoch[0]))
+        raise
     seconds = time.perf_counter() - t0
     if progress is not None:
         progress.close()
