@@ -6,6 +6,7 @@ import argparse
 import json
 import signal
 import sys
+import threading
 from pathlib import Path
 
 __all__ = ["main"]
@@ -221,8 +222,9 @@ def main(argv: list[str] | None = None) -> int:
 
         use_compilation_cache()
     trains = args.func in (_train, _sweep)
-    if trains:  # a scheduler's SIGTERM stops a run as Ctrl-C does: the epochs done are checkpointed
-        signal.signal(signal.SIGTERM, _interrupt)
+    # A scheduler's SIGTERM stops a run as Ctrl-C does: the epochs done are checkpointed.
+    on_term = trains and threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if on_term else None
     try:
         return args.func(args)
     except (ConfigError, DataError, FileNotFoundError) as err:  # user-fixable; anything else keeps its traceback
@@ -236,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        if on_term:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _interrupt(signum, frame) -> None:

@@ -1,6 +1,7 @@
 """fsnn.cli: the command line trains, evaluates and fails clearly."""
 
 import json
+import signal
 
 import pytest
 
@@ -21,7 +22,9 @@ def test_train_and_eval(tmp_path, capsys):
         "--set",
         "hidden=(16,)",
     ]
+    before = signal.getsignal(signal.SIGTERM)
     assert main(args) == 0
+    assert signal.getsignal(signal.SIGTERM) is before  # the run's SIGTERM handler is the run's only
     assert "test accuracy" in capsys.readouterr().out
     assert json.loads((workdir / "config.json").read_text())["hidden"] == [16]
     assert main(["eval", str(workdir)]) == 0
