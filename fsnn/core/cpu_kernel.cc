@@ -34,16 +34,6 @@
 
 namespace ffi = xla::ffi;
 
-// Before a loop whose pointers do not overlap where `__restrict` is lost to inlining: GCC would
-// otherwise give up on vectorising it after too many run-time alias checks.
-#if defined(__clang__)
-#define FSNN_NO_ALIAS _Pragma("clang loop vectorize(assume_safety)")
-#elif defined(__GNUC__)
-#define FSNN_NO_ALIAS _Pragma("GCC ivdep")
-#else
-#define FSNN_NO_ALIAS
-#endif
-
 namespace {
 
 enum Solver : int64_t { kLambertW = 0, kQuadratic = 1, kRoot = 2 };
@@ -523,7 +513,6 @@ class Layer {
     T* __restrict gate = gate_.data();
     const int64_t n_out = n_out_;
     int32_t count = 0;
-    FSNN_NO_ALIAS
     for (int64_t j = 0; j < n_out; ++j) {
       const int32_t c = crosses[j];
       fired[j] |= c;
