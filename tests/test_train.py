@@ -93,10 +93,15 @@ def test_a_workdir_in_use_is_refused_until_its_process_ends(tmp_path):
     # The same command started twice: the second must fail at once, before it writes anything,
     # not write over the running first's config, metrics and checkpoints.
     (tmp_path / "metrics.jsonl").write_text("the first run's\n")
-    hold = (
-        "import sys, time; from fsnn.locks import exclusive\nwith exclusive(__import__('pathlib').Path(sys.argv[1])):\n"
+    hold = "\n".join(
+        [
+            "import pathlib, sys, time",
+            "from fsnn.locks import exclusive",
+            "with exclusive(pathlib.Path(sys.argv[1])):",
+            "    print('held', flush=True)",
+            "    time.sleep(600)",
+        ]
     )
-    hold += "    print('held', flush=True); time.sleep(600)"
     with subprocess.Popen(
         [sys.executable, "-c", hold, str(tmp_path / ".lock")], stdout=subprocess.PIPE, text=True
     ) as first:
