@@ -42,6 +42,8 @@ def test_overrides_parse_types():
         ("augment_flip", "True", "`augment_flip` mirrors images and must be False for yinyang"),
         ("dropout", "1.0", "`dropout` is a probability in"),
         ("dropout", "-0.1", "`dropout` is a probability in"),
+        ("neuron_lr_scale", "-0.1", "`neuron_lr_scale` must be finite and >= 0"),
+        ("neuron_lr_scale", "1e999", "`neuron_lr_scale` must be finite and >= 0"),
     ],
 )
 def test_bad_values_fail_with_the_key_named(key, value, match):

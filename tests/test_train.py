@@ -144,6 +144,31 @@ def test_remedies_are_reported():
     assert int(np.sum(metrics["bumps"])) == 0 and int(metrics["dropped_columns"]) == 0
 
 
+def test_learned_neuron_parameters_step_with_their_own_learning_rate_scale():
+    """`neuron_lr_scale` scales the step of the learned thresholds only: 0 freezes them, 1/2 halves
+    their step; the weights step as with the learning rate alone."""
+    config = dataclasses.replace(
+        TINY, trainable_neuron=("threshold",), per_neuron=True, weight_bumping=False, dtype="float64"
+    )
+    x, y = load_data(config)["train"]
+    batch = (x[:64], y[:64], np.ones(64, bool), jax.random.key(0))
+
+    def one_step(scale):
+        trainer = Trainer(dataclasses.replace(config, neuron_lr_scale=scale))
+        state = trainer.init_state()
+        new, _ = trainer._train_step(state, batch, trainer.hp)
+        return jax.tree.map(lambda a, b: np.asarray(a - b), new.params, state.params)
+
+    full, half, frozen = one_step(1.0), one_step(0.5), one_step(0.0)
+    for layer in range(2):
+        step = full["layers"][layer]["neuron_learned"]["threshold"]
+        assert np.all(np.isfinite(step)) and np.any(step != 0)
+        np.testing.assert_allclose(half["layers"][layer]["neuron_learned"]["threshold"], step / 2, rtol=1e-12)
+        assert not np.any(frozen["layers"][layer]["neuron_learned"]["threshold"])
+        for other in (half, frozen):
+            np.testing.assert_array_equal(other["layers"][layer]["kernel"], full["layers"][layer]["kernel"])
+
+
 @pytest.mark.parametrize("augmentation", [{"augment_shift": 2}, {"augment_flip": True}, {"dropout": 0.3}])
 def test_image_augmentation_enters_training_reproducibly(augmentation):
     """Translations, mirror images and hidden-spike dropout change what an image epoch trains on;

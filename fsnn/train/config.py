@@ -57,6 +57,9 @@ class Config:
     e_leak: float = 0.0
     trainable_neuron: tuple[str, ...] = ()
     per_neuron: bool = False
+    # the learned neuron parameters step with this multiple of the learning rate (the weights with
+    # the learning rate itself; 0 freezes them); no effect without `trainable_neuron`
+    neuron_lr_scale: float = 1.0
     solver: str = "auto"
     dtype: str = "float32"
     # loss (on output times in units of the output layer's tau_s: xi, beta, mse_targets scale with it)
@@ -196,6 +199,8 @@ class Config:
             bad("max_missing", f"needs one fraction per layer ({len(self.sizes)}); got {self.max_missing}.")
         if any(not 0 <= m <= 1 for m in self.max_missing):
             bad("max_missing", f"fractions must lie in [0, 1]; got {self.max_missing}.")
+        if not 0 <= self.neuron_lr_scale < math.inf:
+            bad("neuron_lr_scale", f"must be finite and >= 0; got {self.neuron_lr_scale}.")
         if self.adam_eps_root < 0:
             bad("adam_eps_root", f"must be >= 0; got {self.adam_eps_root}.")
         if self.input_noise < 0:

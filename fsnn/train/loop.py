@@ -102,8 +102,9 @@ def build_model(config: Config) -> SpikingNetwork:
 # differ only in these share one program (`fsnn.train.sweep`) and can be differentiated in them
 # (`fsnn.train.hypergrad`). The time constants join them when the solver is "root".
 DYNAMIC_KEYS = (
-    "seed", "init", "learning_rate", "lr_step", "lr_gamma", "xi", "alpha", "beta", "silent_loss", "mse_targets",
-    "input_noise", "bump_value", "max_missing", "max_dw_norm", "threshold", "g_leak", "e_leak",
+    "seed", "init", "learning_rate", "neuron_lr_scale", "lr_step", "lr_gamma", "xi", "alpha", "beta",
+    "silent_loss", "mse_targets", "input_noise", "bump_value", "max_missing", "max_dw_norm", "threshold",
+    "g_leak", "e_leak",
     "substrate_variation", "substrate_weight_bits", "substrate_weight_max", "substrate_jitter",
     "substrate_dead_fraction", "substrate_seed",
 )  # fmt: skip
@@ -127,6 +128,7 @@ def hyperparameters(config: Config) -> dict[str, Any]:
         "seed": jnp.asarray(config.seed, jnp.int32),
         "init": arr(config.init),
         "learning_rate": arr(config.learning_rate),
+        "neuron_lr_scale": arr(config.neuron_lr_scale),
         "lr_step": jnp.asarray(config.lr_step, jnp.int32),
         "lr_gamma": arr(config.lr_gamma),
         "xi": arr(config.xi),
@@ -389,6 +391,10 @@ class Trainer:
         loss, times, grads, dropped = self._grads(state.params, x, y, valid, hp, keys, first_order, dropout_key)
         with jax.numpy_dtype_promotion("standard"):  # optax's bias correction mixes int and float
             updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        if cfg.trainable_neuron:  # Adam's step is invariant to the gradient's scale: scale the step
+            for i in range(self.n_layers):
+                learned = updates["layers"][i]["neuron_learned"]
+                updates["layers"][i]["neuron_learned"] = jax.tree.map(lambda u: u * hp["neuron_lr_scale"], learned)
         params = optax.apply_updates(state.params, updates)
         bump = state.bump
         layer = jnp.asarray(-1, jnp.int32)
