@@ -78,7 +78,7 @@ def weight_histograms(kernels: Sequence[np.ndarray], bins: int = 50) -> Figure:
     """One histogram of the weights (bias rows included) per layer."""
     fig, axes = plt.subplots(1, len(kernels), figsize=(3.2 * len(kernels), 3), layout="constrained", squeeze=False)
     for i, (ax, kernel) in enumerate(zip(axes[0], kernels)):
-        ax.hist(np.ravel(kernel), bins=bins)
+        ax.hist(np.ravel(kernel), bins=bins, histtype="stepfilled")
         ax.set(title=f"layer {i + 1} ({np.shape(kernel)[0]}→{np.shape(kernel)[1]})", xlabel="weight")
     axes[0, 0].set_ylabel("count")
     return fig
@@ -182,8 +182,8 @@ def output_time_histograms(output_times: np.ndarray, labels: np.ndarray, bins: i
             continue
         own = output_times[labels == c, c]
         other = np.delete(output_times[labels == c], c, axis=1).ravel()
-        ax.hist(own[np.isfinite(own)], bins=edges, alpha=0.7, label="label neuron")
-        ax.hist(other[np.isfinite(other)], bins=edges, alpha=0.5, label="other neurons")
+        ax.hist(own[np.isfinite(own)], bins=edges, alpha=0.7, histtype="stepfilled", label="label neuron")
+        ax.hist(other[np.isfinite(other)], bins=edges, alpha=0.5, histtype="stepfilled", label="other neurons")
         ax.set(title=f"class {c}", xlabel="output spike time (τs)")
     axes.flat[0].legend(fontsize="small")
     return fig

@@ -68,12 +68,21 @@ def test_training_curves_and_silent_fractions(run):
     np.testing.assert_allclose(fig.axes[0].lines[1].get_ydata(), [m["train_silent_fraction"][1] for m in metrics])
 
 
+def bin_counts(ax, which: int = 0) -> np.ndarray:
+    """The bar heights of the ``which``-th histogram drawn on ``ax`` (one filled step polygon each:
+    its outline rises to every bin's count at the bin's left edge and runs flat to its right edge)."""
+    outline = ax.patches[which].get_xy()
+    n_bins = (len(outline) - 1) // 4  # up along the bins (2 points each), back along the bottom
+    return outline[1 : 2 * n_bins : 2, 1]
+
+
 def test_weight_histograms_count_every_weight(run_times):
     kernels = run_times[3]
     fig = plot.weight_histograms(kernels, bins=10)
     assert len(fig.axes) == 2
     for ax, kernel in zip(fig.axes, kernels):
-        assert sum(patch.get_height() for patch in ax.patches) == kernel.size
+        counts = bin_counts(ax)
+        assert len(counts) == 10 and counts.sum() == kernel.size
 
 
 def test_spike_raster_marks_spikes_and_decisions(run_times):
@@ -119,7 +128,7 @@ def test_confusion_matrix_and_histograms_of_the_run(run_times):
     assert counts.sum() == len(labels)
     assert np.trace(counts[:, :3]) == np.sum(np.isfinite(out.min(axis=1)) & (out.argmin(axis=1) == labels))
     fig = plot.output_time_histograms(out, labels)
-    label_counts = [sum(p.get_height() for p in ax.containers[0]) for ax in fig.axes]
+    label_counts = [bin_counts(ax).sum() for ax in fig.axes]
     assert label_counts == [np.isfinite(out[labels == c, c]).sum() for c in range(3)]
 
 
@@ -132,8 +141,8 @@ def test_histograms_and_confusion_matrix_count_samples():
     assert counts[0, 0] == 1 and counts[1, 1] == 1 and counts[2, 3] == 1 and counts[0, 2] == 1
     fig = plot.output_time_histograms(times, labels, bins=5)
     assert len(fig.axes) == 3
-    own = sum(p.get_height() for p in fig.axes[0].containers[0])
-    assert own == 2  # class 0: two samples, label neuron finite in both
+    own, other = bin_counts(fig.axes[0], 0), bin_counts(fig.axes[0], 1)
+    assert own.sum() == 2 and other.sum() == 4  # class 0: two samples, label neuron finite in both
 
 
 def test_yinyang_maps_show_decisions_over_the_plane():
