@@ -169,6 +169,50 @@ def test_learned_neuron_parameters_step_with_their_own_learning_rate_scale():
             np.testing.assert_array_equal(other["layers"][layer]["kernel"], full["layers"][layer]["kernel"])
 
 
+@pytest.mark.parametrize("learned", [("threshold",), ("tau_m", "tau_s", "threshold")])
+def test_learned_neuron_parameters_stay_where_the_model_holds(learned):
+    """Steps far larger than the parameters (learning rate 0.5, threshold 0.05 above rest, time
+    constants 0.3) would take thresholds below rest and time constants below 0, where spike times
+    and gradients are NaN: such steps end at the floor instead, and training goes on finitely."""
+    config = dataclasses.replace(
+        TINY, trainable_neuron=learned, per_neuron=True, weight_bumping=False, learning_rate=0.5, threshold=0.05
+    )
+    config = dataclasses.replace(config, tau_m=0.3, tau_s=0.3) if "tau_m" in learned else config
+    trainer = Trainer(config)
+    x, y = load_data(config)["train"]
+    state, floored = trainer.init_state(), False
+    for step in range(3):
+        batch = (x[64 * step : 64 * (step + 1)], y[64 * step : 64 * (step + 1)], np.ones(64, bool), jax.random.key(0))
+        state, metrics = trainer._train_step(state, batch, trainer.hp)
+        assert np.isfinite(float(metrics["loss"]))
+        for layer in range(2):
+            values = {k: np.asarray(v) for k, v in state.params["layers"][layer]["neuron_learned"].items()}
+            assert all(np.all(np.isfinite(v)) for v in values.values())
+            gap = values.get("threshold", config.threshold) - values.get("e_leak", config.e_leak)
+            assert np.all(gap >= 0.05e-3 * (1 - 1e-6))
+            floored |= bool(np.any(gap <= 0.05e-3 * (1 + 1e-6)))
+            for k in ("tau_m", "tau_s"):
+                if k in values:
+                    assert np.all(values[k] >= 0.3e-3 * (1 - 1e-6))
+                    floored |= bool(np.any(values[k] <= 0.3e-3 * (1 + 1e-6)))
+    assert floored  # some step did reach the floor
+
+
+@pytest.mark.parametrize("learned", [("e_leak",), ("threshold", "e_leak")])
+def test_a_learned_rest_stays_below_the_threshold(learned):
+    config = dataclasses.replace(TINY, trainable_neuron=learned, per_neuron=True)
+    trainer = Trainer(config)
+    params = trainer.init_state().params
+    rest = params["layers"][0]["neuron_learned"]["e_leak"]
+    params["layers"][0]["neuron_learned"]["e_leak"] = rest.at[:2].set(np.array([2.0, -2.0], rest.dtype))  # threshold 1
+    kept = {
+        k: np.asarray(v) for k, v in trainer._within_model(params, trainer.hp)["layers"][0]["neuron_learned"].items()
+    }
+    gap = kept.get("threshold", config.threshold) - kept["e_leak"]
+    np.testing.assert_allclose(gap[0], 1e-3, rtol=1e-4)  # moved (the learned threshold, else the rest)
+    np.testing.assert_allclose(gap[1:], [3.0] + [1.0] * (len(gap) - 2), rtol=1e-6)  # left alone
+
+
 @pytest.mark.parametrize("augmentation", [{"augment_shift": 2}, {"augment_flip": True}, {"dropout": 0.3}])
 def test_image_augmentation_enters_training_reproducibly(augmentation):
     """Translations, mirror images and hidden-spike dropout change what an image epoch trains on;

@@ -109,6 +109,9 @@ DYNAMIC_KEYS = (
     "substrate_dead_fraction", "substrate_seed",
 )  # fmt: skip
 NEURON_KEYS = ("tau_m", "tau_s", "threshold", "g_leak", "e_leak")
+# learned neuron parameters stay at least this fraction of their initial value (threshold: of its
+# initial distance from rest) away from where the neuron model breaks down (`Trainer._within_model`)
+NEURON_FLOOR = 1e-3
 
 
 def hyperparameters(config: Config) -> dict[str, Any]:
@@ -396,6 +399,8 @@ class Trainer:
                 learned = updates["layers"][i]["neuron_learned"]
                 updates["layers"][i]["neuron_learned"] = jax.tree.map(lambda u: u * hp["neuron_lr_scale"], learned)
         params = optax.apply_updates(state.params, updates)
+        if cfg.trainable_neuron:
+            params = self._within_model(params, hp)
         bump = state.bump
         layer = jnp.asarray(-1, jnp.int32)
         if cfg.weight_bumping:
@@ -424,6 +429,28 @@ class Trainer:
             "dropped": dropped,
         }
         return TrainState(params, opt_state, bump, state.epoch), metrics
+
+    def _within_model(self, params: dict, hp: dict) -> dict:
+        """``params`` with the learned neuron parameters kept where the neuron model holds: time
+        constants and leak positive, threshold above rest, each at least `NEURON_FLOOR` times its
+        initial value (or distance from rest). Below, spike times and their gradients are NaN, and
+        an optimizer step can get there (thresholds drift towards rest when learned)."""
+        layers = dict(params["layers"])
+        for i in range(self.n_layers):
+            learned = dict(layers[i]["neuron_learned"])
+            start = {k: hp["neuron"][k][i] for k in NEURON_KEYS}  # the initial (or fixed) values
+            for k in ("tau_m", "tau_s", "g_leak"):
+                if k in learned:
+                    learned[k] = jnp.maximum(learned[k], NEURON_FLOOR * start[k])
+            margin = NEURON_FLOOR * (start["threshold"] - start["e_leak"])
+            if "threshold" in learned:
+                learned["threshold"] = jnp.maximum(
+                    learned["threshold"], learned.get("e_leak", start["e_leak"]) + margin
+                )
+            elif "e_leak" in learned:
+                learned["e_leak"] = jnp.minimum(learned["e_leak"], start["threshold"] - margin)
+            layers[i] = {**layers[i], "neuron_learned": learned}
+        return {**params, "layers": layers}
 
     # -- one epoch ----------------------------------------------------------------------------
     def _learning_rate(self, epoch: jax.Array, hp: dict) -> jax.Array:
