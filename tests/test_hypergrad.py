@@ -1,5 +1,6 @@
 """Hypergradients through unrolled training: finite differences in float64, remat, tuning."""
 
+import dataclasses
 import importlib.util
 import json
 
@@ -25,9 +26,7 @@ def setup():
     return trainer, data["train"], data["validation"]
 
 
-def test_hypergradient_matches_finite_differences(setup):
-    trainer, train, val = setup
-    names = ["learning_rate", "xi", "init", "threshold"]
+def assert_matches_finite_differences(trainer, names, train, val):
     loss, grads = hypergradient(trainer, names, train, val, steps=STEPS)
     objective = jax.jit(lambda hp: unrolled_validation_loss(trainer, hp, train, val, steps=STEPS))
     assert float(objective(trainer.hp)) == pytest.approx(float(loss), rel=1e-12)
@@ -46,6 +45,21 @@ def test_hypergradient_matches_finite_differences(setup):
         got = np.asarray(grads[name]).ravel()
         assert np.all(np.abs(got) > 0), name  # every hyperparameter really moves the result
         np.testing.assert_allclose(got, fd, rtol=1e-4, atol=1e-9, err_msg=name)
+
+
+def test_hypergradient_matches_finite_differences(setup):
+    trainer, train, val = setup
+    assert_matches_finite_differences(trainer, ["learning_rate", "xi", "init", "threshold"], train, val)
+
+
+def test_hypergradient_through_learned_thresholds(setup):
+    """With thresholds learned per neuron: the neuron learning-rate scale and the thresholds'
+    initial value (the start of the learned ones)."""
+    _, train, val = setup
+    trainer = Trainer(
+        dataclasses.replace(CONFIG, trainable_neuron=("threshold",), per_neuron=True, neuron_lr_scale=0.5)
+    )
+    assert_matches_finite_differences(trainer, ["neuron_lr_scale", "threshold"], train, val)
 
 
 def test_hypergradient_is_finite_where_gradient_entries_are_exactly_zero():
@@ -88,6 +102,8 @@ def test_bad_names_and_windows_are_rejected(setup):
         hypergradient(trainer, ["seed"], train, val, steps=2)
     with pytest.raises(ConfigError, match="root"):
         hypergradient(trainer, ["tau_m"], train, val, steps=2)
+    with pytest.raises(ConfigError, match="`neuron_lr_scale` needs learned neuron parameters"):
+        hypergradient(trainer, ["neuron_lr_scale"], train, val, steps=2)
     with pytest.raises(ConfigError, match="window"):
         hypergradient(trainer, ["xi"], train, val, steps=2, window=3)
 

@@ -39,7 +39,9 @@ __all__ = [
     "with_hyper",
 ]
 
-DIFFERENTIABLE = ("learning_rate", "xi", "alpha", "beta", "input_noise", "bump_value", "init", *NEURON_KEYS)
+DIFFERENTIABLE = (
+    "learning_rate", "neuron_lr_scale", "xi", "alpha", "beta", "input_noise", "bump_value", "init", *NEURON_KEYS
+)  # fmt: skip
 # loss parameters shape the training objective; the validation loss always uses the config's values
 _LOSS_KEYS = ("xi", "alpha", "beta", "silent_loss", "mse_targets")
 
@@ -134,6 +136,11 @@ def hypergradient(
         raise ConfigError(
             "hypergradients in tau_m / tau_s need the `root` solver (the closed forms fix tau_m / tau_s); "
             "set config key `solver` to 'root'."
+        )
+    if "neuron_lr_scale" in names and not trainer.config.trainable_neuron:
+        raise ConfigError(
+            "the hypergradient in `neuron_lr_scale` needs learned neuron parameters; set config key "
+            "`trainable_neuron` (e.g. ('threshold',))."
         )
     hp = trainer.hp if hp is None else hp
     fn = _compiled(trainer, tuple(names), steps, window, remat)
