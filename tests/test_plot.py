@@ -142,7 +142,7 @@ def test_histograms_and_confusion_matrix_count_samples():
     fig = plot.output_time_histograms(times, labels, bins=5)
     assert len(fig.axes) == 3
     own, other = bin_counts(fig.axes[0], 0), bin_counts(fig.axes[0], 1)
-    assert own.sum() == 2 and other.sum() == 4  # class 0: two samples, label neuron finite in both
+    assert own.sum() == 2 and other.sum() == 4  # class 0: two samples, every output finite in both
 
 
 def test_yinyang_maps_show_decisions_over_the_plane():
