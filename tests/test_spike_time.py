@@ -15,6 +15,9 @@ PAPER = LIFParams()  # tau_m = tau_s = 1, g_l = 1, E_l = 0, theta = 1
 DOUBLE = LIFParams(tau_m=2.0, g_leak=0.5)  # tau_m = 2 tau_s, C = 1 (the paper's second setting)
 ODD = LIFParams(tau_m=1.7, tau_s=0.8, threshold=1.2, g_leak=0.7, e_leak=0.1)
 FAST_MEMBRANE = LIFParams(tau_m=0.6, tau_s=1.0, threshold=0.8, g_leak=1.3, e_leak=-0.2)
+# Far from the closed forms' ratios, where the root solver's start (the nearest lambertw model) is poor.
+SLOW_MEMBRANE = LIFParams(tau_m=8.0, tau_s=0.5, g_leak=0.125)  # tau_m = 16 tau_s
+FASTER_MEMBRANE = LIFParams(tau_m=0.2, tau_s=1.0, threshold=0.5, g_leak=5.0)  # tau_m = tau_s / 5
 N_MAX = 300
 
 
@@ -54,6 +57,8 @@ def oracle(params: LIFParams, seed: int, count: int):
         (DOUBLE, "root"),
         (ODD, "root"),
         (FAST_MEMBRANE, "root"),
+        (SLOW_MEMBRANE, "root"),
+        (FASTER_MEMBRANE, "root"),
     ],
 )
 def test_spike_times_match_event_oracle(params, solver):
@@ -317,7 +322,10 @@ def test_touching_threshold_is_defined():
     assert abs(above - 1.0) < 1e-4
 
 
-@pytest.mark.parametrize(("params", "solver"), [(PAPER, "lambertw"), (DOUBLE, "quadratic"), (ODD, "root")])
+@pytest.mark.parametrize(
+    ("params", "solver"),
+    [(PAPER, "lambertw"), (DOUBLE, "quadratic"), (ODD, "root"), (SLOW_MEMBRANE, "root"), (FASTER_MEMBRANE, "root")],
+)
 def test_float32_matches_float64(params, solver):
     times, weights, ref = (x[:500] for x in oracle(params, 0, 1500))
     keep = np.isfinite(ref)
