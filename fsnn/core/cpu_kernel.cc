@@ -88,7 +88,7 @@ T Clip(T x, T lo, T hi) {
 // that a loop over many values vectorises: round x / ln 2 to n by adding and subtracting 1.5 2^p
 // (p = mantissa bits), a polynomial on the remainder |r| <= ln 2 / 2 (Cephes' for float, Taylor to
 // r^12 for double: both within ~1 ulp) and 2^n from the exponent bits.
-inline float ExpNonPositive(float x) {
+[[gnu::always_inline]] inline float ExpNonPositive(float x) {
   const bool under = x < -87.0f;
   x = under ? -87.0f : x;
   const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
@@ -106,7 +106,7 @@ inline float ExpNonPositive(float x) {
   return under ? 0.0f : y * scale;
 }
 
-inline double ExpNonPositive(double x) {
+[[gnu::always_inline]] inline double ExpNonPositive(double x) {
   const bool under = x < -708.0;
   x = under ? -708.0 : x;
   const double n = (x * 1.4426950408889634 + 6755399441055744.0) - 6755399441055744.0;
@@ -122,14 +122,30 @@ inline double ExpNonPositive(double x) {
   return under ? 0.0 : p * scale;
 }
 
+// kappa(s) for any ratio (finite s >= 0), with e_s = e^{-s/tau_s} and e_m = e^{-s/tau_m}, without a
+// library call, so that loops over it vectorise. With the slower decay `slow`, the faster `fast`
+// and x = -s |1/tau_s - 1/tau_m|, `Psp` is s slow expm1(x) / x = (slow - fast) / |delta|, taken as
+// the difference where x <= -1/2 (1 - e^x >= 0.39: at most 2 bits lost) and as the Taylor series
+// of expm1(x) / x above (to x^8 / 9! for float, x^15 / 16! for double: below an ulp). Within a few
+// ulp of `Psp`.
+template <typename T>
+[[gnu::always_inline]] inline T RootKernel(T s, T inv_tau_m, T inv_tau_s, T& e_s, T& e_m) {
+  e_s = ExpNonPositive(-s * inv_tau_s);
+  e_m = ExpNonPositive(-s * inv_tau_m);
+  const T delta = inv_tau_s - inv_tau_m;
+  const T slow = delta >= T(0) ? e_m : e_s, fast = delta >= T(0) ? e_s : e_m;
+  const T rate = std::abs(delta), x = -s * rate;
+  const bool small = x > T(-0.5);
+  T p = T(1);
+  for (int n = sizeof(T) == 8 ? 16 : 9; n >= 1; --n) p = T(1) + p * (small ? x : T(0)) * (T(1) / T(n + 1));
+  return small ? s * slow * p : (slow - fast) / (small ? T(1) : rate);
+}
+
 // Per-input factors of the recurrence B' = a B + w, D' = b D + g B (`_decays`), for a gap >= 0,
 // from the inverse time constants, without a library call, so that a loop with a constant
 // `solver` vectorises. The closed-form ratios need one exponential (lambertw: tau_m = tau_s;
 // quadratic: tau_m = 2 tau_s, kappa = tau_m q (1 - q) with q = e^{-gap/tau_m}); any other ratio
-// two: with the slower decay `slow`, the faster `fast` and x = -gap |1/tau_s - 1/tau_m|, `Psp` is
-// gap slow expm1(x) / x = (slow - fast) / |delta|, taken as the difference where x <= -1/2 (1 -
-// e^x >= 0.39: at most 2 bits lost) and as the Taylor series of expm1(x) / x above (to x^8 / 9!
-// for float, x^15 / 16! for double: below an ulp). Within a few ulp of `Psp`.
+// two (`RootKernel`).
 template <typename T>
 struct Decays {
   T a, b, g;
@@ -142,18 +158,68 @@ struct Decays {
       a = b * b;
       g = tau_m * b * (T(1) - b);
     } else {
-      a = ExpNonPositive(-gap * inv_tau_s);
-      b = ExpNonPositive(-gap * inv_tau_m);
-      const T delta = inv_tau_s - inv_tau_m;
-      const T slow = delta >= T(0) ? b : a, fast = delta >= T(0) ? a : b;
-      const T rate = std::abs(delta), x = -gap * rate;
-      const bool small = x > T(-0.5);
-      T p = T(1);
-      for (int n = sizeof(T) == 8 ? 16 : 9; n >= 1; --n) p = T(1) + p * (small ? x : T(0)) * (T(1) / T(n + 1));
-      g = small ? gap * slow * p : (slow - fast) / (small ? T(1) : rate);
+      g = RootKernel(gap, inv_tau_m, inv_tau_s, a, b);
     }
   }
 };
+
+// log(y) for finite normal y > 0 without a library call (vectorises): y = m 2^e with m in
+// [sqrt(1/2), sqrt(2)), log m = 2 atanh(s), s = (m - 1) / (m + 1), |s| <= 0.172, by its series
+// (to s^11 for float, s^23 for double: below an ulp), ln 2 in two parts.
+template <typename T>
+[[gnu::always_inline]] inline T LogPositive(T y) {
+  using Bits = std::conditional_t<sizeof(T) == 8, uint64_t, uint32_t>;
+  constexpr int kMantissa = sizeof(T) == 8 ? 52 : 23;
+  constexpr Bits kBias = sizeof(T) == 8 ? 1023 : 127;
+  Bits bits;
+  std::memcpy(&bits, &y, sizeof(T));
+  const Bits mantissa_bits = (bits & ((Bits(1) << kMantissa) - 1)) | (kBias << kMantissa);
+  T m;
+  std::memcpy(&m, &mantissa_bits, sizeof(T));
+  // The biased exponent as a float without an integer conversion (none for 64 bits in AVX2):
+  // its bits under those of 2^kMantissa, which is then subtracted.
+  const Bits magic_bits = (bits >> kMantissa) | ((kBias + kMantissa) << kMantissa);
+  T e;
+  std::memcpy(&e, &magic_bits, sizeof(T));
+  e -= T(Bits(1) << kMantissa) + T(kBias);
+  const bool high = m > T(1.4142135623730951);
+  m = high ? m * T(0.5) : m;
+  e = high ? e + T(1) : e;
+  const T s = (m - T(1)) / (m + T(1)), s2 = s * s;
+  constexpr int kTerms = sizeof(T) == 8 ? 12 : 6;  // s^(2k+1) / (2k+1), k < kTerms
+  T p = T(1) / T(2 * kTerms - 1);
+  for (int k = kTerms - 2; k >= 0; --k) p = p * s2 + T(1) / T(2 * k + 1);
+  return e * T(0.693145751953125) + (e * T(1.4286068203094172321e-6) + T(2) * s * p);
+}
+
+// `Log1pRatio` without a library call: log1p(x) / x = log(1 + x) / ((1 + x) - 1) away from 0
+// (Kahan's rounding-exact form), the same Taylor branch near it; x > -1.
+template <typename T>
+[[gnu::always_inline]] inline T Log1pRatioFast(T x) {
+  const T y = T(1) + x;
+  const T z = y - T(1);
+  const bool small = std::abs(x) < SmallCut<T>();
+  const T taylor = T(1) - x * (T(0.5) - x * (T(1) / T(3) - x / T(4)));
+  return small ? taylor : LogPositive(small ? T(1) : y) / (small ? T(1) : z);
+}
+
+// `_peak` and the crossing test for any ratio (B > 0): whether U reaches theta on [0, span], and
+// the peak's place. `x_kernel` = tau_s Log1pRatio(tau_s / tau_m - 1), where kappa peaks (D = 0).
+// Branch-free and without library calls, so that `CrossesAll` vectorises over the neurons.
+template <typename T>
+[[gnu::always_inline]] inline bool CrossesRoot(T b, T d, T span, T inv_tau_m, T inv_tau_s, T x_kernel, T theta, T* peak) {
+  const T ratio = d * (inv_tau_s - inv_tau_m) / b;
+  const bool stationary = ratio > T(-1);
+  const T x_star = x_kernel - d / b * Log1pRatioFast(stationary ? ratio : T(0));
+  const bool rising = b - d * inv_tau_m > T(0);
+  const T inf = std::numeric_limits<T>::infinity();
+  const T x = Clip(stationary ? x_star : (rising ? inf : T(0)), T(0), span);
+  *peak = x;
+  const bool at_inf = x == inf;
+  T e_s, e_m;
+  const T kappa = RootKernel(at_inf ? T(0) : x, inv_tau_m, inv_tau_s, e_s, e_m);
+  return (at_inf ? T(0) : d * e_m + b * kappa) >= theta;  // U -> 0 as x -> inf
+}
 
 // `_peak` followed by the crossing test: whether U reaches theta on [0, span] (B > 0 checked by
 // the caller); writes the peak's place. Returns early, without the exponential, where the bound
@@ -177,19 +243,7 @@ bool Crosses(int64_t solver, T b, T d, T span, T tau_m, T tau_s, T theta, T* pea
     *peak = q;
     return a2 * q - a1 * q * q >= theta;
   }
-  const T delta = T(1) / tau_s - T(1) / tau_m;
-  const T ratio = d * delta / b;
-  T x;
-  if (ratio > T(-1)) {
-    x = tau_s * Log1pRatio(tau_s / tau_m - T(1)) - d / b * Log1pRatio(ratio);
-  } else {
-    x = b - d / tau_m > 0 ? std::numeric_limits<T>::infinity() : T(0);
-  }
-  x = Clip(x, T(0), span);
-  *peak = x;
-  if (std::isinf(x)) return T(0) >= theta;
-  const T u = d * std::exp(-x / tau_m) + b * Psp(x, tau_m, tau_s);
-  return u >= theta;
+  return CrossesRoot(b, d, span, T(1) / tau_m, T(1) / tau_s, tau_s * Log1pRatio(tau_s / tau_m - T(1)), theta, peak);
 }
 
 // A neuron is a candidate for the full peak test on an input's interval [0, span] only if an
@@ -362,12 +416,24 @@ int32_t Advance(int64_t n_out, T a, T b, T g, const T* __restrict a_j, const T* 
   return count;
 }
 
-// `Crosses` for the closed-form solvers over all neurons at once (vectorises; for many candidates):
-// `candidate[j]` becomes whether neuron j crosses on this interval, `peak[j]` its peak's place.
+// `Crosses` over all neurons at once (vectorises; for many candidates): `candidate[j]` becomes
+// whether neuron j crosses on this interval, `peak[j]` its peak's place. `inv_tau_m`, `inv_tau_s`
+// and `x_kernel` (`CrossesRoot`) are read by `root` only.
 template <typename T>
 void CrossesAll(int64_t solver, int64_t n_out, T span, const T* __restrict big_b, const T* __restrict big_d,
-                const T* __restrict tau_m, const T* __restrict tau_s, const T* __restrict theta,
+                const T* __restrict tau_m, const T* __restrict tau_s, const T* __restrict inv_tau_m,
+                const T* __restrict inv_tau_s, const T* __restrict x_kernel, const T* __restrict theta,
                 int32_t* __restrict candidate, T* __restrict peak) {
+  if (solver == kRoot) {
+    for (int64_t j = 0; j < n_out; ++j) {
+      const T b = big_b[j] > T(0) ? big_b[j] : T(1);
+      T x;
+      const bool crosses = CrossesRoot(b, big_d[j], span, inv_tau_m[j], inv_tau_s[j], x_kernel[j], theta[j], &x);
+      peak[j] = x;
+      candidate[j] &= static_cast<int32_t>(crosses);
+    }
+    return;
+  }
   if (solver == kLambertW) {
     for (int64_t j = 0; j < n_out; ++j) {
       const T b = big_b[j] > T(0) ? big_b[j] : T(1), d = big_d[j];
@@ -405,6 +471,7 @@ class Layer {
         theta_(width_, T(1)),
         theta_low_(width_, std::numeric_limits<T>::infinity()),  // the padding never fires
         kappa_max_(width_, T(1)),
+        x_kernel_(width_, T(1)),
         a_(width_),
         b_(width_),
         g_(width_),
@@ -430,6 +497,7 @@ class Layer {
       theta_[j] = theta[theta_shared ? 0 : j];
       theta_low_[j] = theta_[j] * low;
       kappa_max_[j] = KappaMax(tau_m_[j], tau_s_[j]);
+      x_kernel_[j] = tau_s_[j] * Log1pRatio(tau_s_[j] / tau_m_[j] - T(1));  // as in `Crosses`
     }
   }
 
@@ -477,10 +545,11 @@ class Layer {
                                        big_d_.data());
       }
       if (candidates == 0) continue;
-      if (solver_ != kRoot && 8 * candidates >= width_) {
+      if (8 * candidates >= width_) {
         // Many candidates (a wide layer's early inputs): test and record in vectorised passes.
         CrossesAll(solver_, width_, span_[k], big_b_.data(), big_d_.data(), tau_m_.data(), tau_s_.data(),
-                   theta_.data(), candidate_.data(), x_.data());
+                   inv_tau_m_.data(), inv_tau_s_.data(), x_kernel_.data(), theta_.data(), candidate_.data(),
+                   x_.data());
         silent -= Record(order_.time(k), t_k, b_k, d_k, peak);
         continue;
       }
@@ -583,8 +652,9 @@ class Layer {
   bool tau_shared_ = true;
   const T* last_[3] = {nullptr, nullptr, nullptr};
   // Per neuron [width_]: parameters (and inverse time constants), the threshold lowered by 16 ulps,
-  // kappa's maximum, per-neuron decays, the running B and D, the peak of the last test.
-  std::vector<T> tau_m_, tau_s_, inv_tau_m_, inv_tau_s_, theta_, theta_low_, kappa_max_, a_, b_, g_, big_b_, big_d_, x_;
+  // kappa's maximum and where it is, per-neuron decays, the running B and D, the peak of the last test.
+  std::vector<T> tau_m_, tau_s_, inv_tau_m_, inv_tau_s_, theta_, theta_low_, kappa_max_, x_kernel_, a_, b_, g_, big_b_,
+      big_d_, x_;
   std::vector<T> gate_;  // theta_low_ while silent, inf once fired (and for the padding)
   std::vector<int32_t> candidate_, fired_;
   std::vector<T> gap_, span_, input_a_, input_b_, input_g_;  // per sorted input [m]
@@ -719,8 +789,8 @@ constexpr T FactorSpan() {
   return sizeof(T) == 8 ? T(600) : T(70);
 }
 
-// kappa and kappa' at s (0, 0 unless `live`) from e = e^{-s/tau} (closed forms; the root solver
-// computes its own). Branch-free, so that loops over pairs vectorise.
+// kappa and kappa' at s (0, 0 unless `live`) from e = e^{-s/tau} (closed forms; `root` computes
+// its own, `RootKernel`). Branch-free, so that loops over pairs vectorise.
 template <typename T, int64_t S>
 inline void PairKernels(const VjpConstants<T>& c, T s, T e, bool live, T& kappa, T& dkappa) {
   s = live ? s : T(0);
@@ -732,8 +802,8 @@ inline void PairKernels(const VjpConstants<T>& c, T s, T e, bool live, T& kappa,
     e_s = e * e;
     k = c.tau_m * (e - e_s);
   } else {
-    e_s = std::exp(-s * c.inv_tau_s);
-    k = Psp(s, c.tau_m, c.tau_s);
+    T e_m;
+    k = RootKernel(s, c.inv_tau_m, c.inv_tau_s, e_s, e_m);
   }
   kappa = live ? k : T(0);
   dkappa = live ? e_s - k * c.inv_tau_m : T(0);
