@@ -109,14 +109,19 @@ T Clip(T x, T lo, T hi) {
 [[gnu::always_inline]] inline double ExpNonPositive(double x) {
   const bool under = x < -708.0;
   x = under ? -708.0 : x;
-  const double n = (x * 1.4426950408889634 + 6755399441055744.0) - 6755399441055744.0;
+  const double shifted = x * 1.4426950408889634 + 6755399441055744.0;  // n in its low mantissa bits
+  const double n = shifted - 6755399441055744.0;
   const double r = (x - n * 6.93147180369123816490e-01) - n * 1.90821492927058770002e-10;
   double p = 1.0 / 479001600.0;
   for (const double c : {1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0, 1.0 / 5040.0, 1.0 / 720.0,
                          1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0}) {
     p = p * r + c;
   }
-  const int64_t bits = (static_cast<int64_t>(n) + 1023) << 52;
+  // 2^n from the bits of `shifted` (whose low 12 bits are those of n), not from a conversion of n:
+  // AVX2 has none from double to a 64-bit integer, and this way the loops over it vectorise.
+  uint64_t bits;
+  std::memcpy(&bits, &shifted, sizeof(bits));
+  bits = (bits + 1023) << 52;
   double scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return under ? 0.0 : p * scale;
