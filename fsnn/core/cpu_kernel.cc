@@ -131,7 +131,7 @@ T Clip(T x, T lo, T hi) {
 // library call, so that loops over it vectorise. With the slower decay `slow`, the faster `fast`
 // and x = -s |1/tau_s - 1/tau_m|, `Psp` is s slow expm1(x) / x = (slow - fast) / |delta|, taken as
 // the difference where x <= -1/2 (1 - e^x >= 0.39: at most 2 bits lost) and as the Taylor series
-// of expm1(x) / x above (to x^8 / 9! for float, x^15 / 16! for double: below an ulp). Within a few
+// of expm1(x) / x above (to x^9 / 10! for float, x^16 / 17! for double: below an ulp). Within a few
 // ulp of `Psp`.
 template <typename T>
 [[gnu::always_inline]] inline T RootKernel(T s, T inv_tau_m, T inv_tau_s, T& e_s, T& e_m) {
