@@ -475,8 +475,8 @@ def _solve_root(b, d, x_hi, tau_m, tau_s, theta_c):
     inv_m, inv_s = 1.0 / tau_m, 1.0 / tau_s
     tau_bar = 2.0 / (inv_m + inv_s)
     b_bar = b + 0.5 * (inv_s - inv_m) * d  # e^{-x/tau_m} = e^{-x/tau_bar} (1 + x delta / 2 + ...)
-    guess = _solve_lambertw(jnp.where(b_bar > 0, b_bar, b), d, x_hi, tau_bar, tau_bar, theta_c)
-    guess = jnp.where(jnp.isfinite(guess), guess, 0.0)
+    guess = _solve_lambertw(jnp.where(b_bar > 0, b_bar, b), d, x_hi, tau_bar, tau_bar, theta_c)  # in [0, x_hi]
+    guess = jnp.where(jnp.isfinite(guess), guess, 0.0)  # or nan: start at 0
 
     def body(state):
         step, x, lo, hi, _ = state
@@ -498,7 +498,7 @@ def _solve_root(b, d, x_hi, tau_m, tau_s, theta_c):
         step, *_, moving = state
         return (step < max_steps) & moving
 
-    start = (jnp.int32(0), jnp.clip(guess, 0.0, x_hi), jnp.zeros_like(x_hi), x_hi, jnp.bool_(True))
+    start = (jnp.int32(0), guess, jnp.zeros_like(x_hi), x_hi, jnp.bool_(True))
     _, x, *_ = jax.lax.while_loop(cond, body, start)
     return jnp.clip(x, 0.0, x_hi)
 
