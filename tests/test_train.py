@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from fsnn import xla
 from fsnn.train import Config, ConfigError, apply_overrides, checkpoint, load_config
 from fsnn.train.loop import NEURON_FLOOR, Trainer, evaluate_run, load_data, train_and_evaluate
 from fsnn.train.sweep import sweep
@@ -156,7 +157,7 @@ def test_learned_neuron_parameters_step_with_their_own_learning_rate_scale():
     def one_step(scale):
         trainer = Trainer(dataclasses.replace(config, neuron_lr_scale=scale))
         state = trainer.init_state()
-        new, _ = trainer._train_step(state, batch, trainer.hp)
+        new, _ = xla.jit(trainer._train_step)(state, batch, trainer.hp)
         return jax.tree.map(lambda a, b: np.asarray(a - b), new.params, state.params)
 
     full, half, frozen = one_step(1.0), one_step(0.5), one_step(0.0)
@@ -179,12 +180,13 @@ def test_learned_neuron_parameters_stay_where_the_model_holds(learned):
     )
     config = dataclasses.replace(config, tau_m=0.3, tau_s=0.3) if "tau_m" in learned else config
     trainer = Trainer(config)
+    train_step = xla.jit(trainer._train_step)
     x, y = load_data(config)["train"]
     state, floored = trainer.init_state(), False
     floors = {"threshold": NEURON_FLOOR * 0.05, "tau_m": NEURON_FLOOR * 0.3, "tau_s": NEURON_FLOOR * 0.3}
     for step in range(3):
         batch = (x[64 * step : 64 * (step + 1)], y[64 * step : 64 * (step + 1)], np.ones(64, bool), jax.random.key(0))
-        state, metrics = trainer._train_step(state, batch, trainer.hp)
+        state, metrics = train_step(state, batch, trainer.hp)
         assert np.isfinite(float(metrics["loss"]))
         for layer in range(2):
             for k, v in state.params["layers"][layer]["neuron_learned"].items():  # e_leak = 0: ϑ is the gap
