@@ -58,12 +58,18 @@ def shared_data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def mnist_prepared(tmp_path_factory, shared_data_dir) -> Path:
-    """MNIST prepared once per session (TFDS array_record, from the offline originals, no network)."""
+    """MNIST prepared once per session (TFDS array_record, from the offline originals, no network).
+
+    pytest-xdist's workers share one folder: the first to get there prepares, the others wait for its
+    lock and read what it wrote (as two runs started together do; `fsnn.data.images.load_images`).
+    """
     import socket
 
     from fsnn.data.images import load_images
 
-    prepared = tmp_path_factory.mktemp("tfds")
+    session = tmp_path_factory.getbasetemp()
+    prepared = (session.parent if os.environ.get("PYTEST_XDIST_WORKER") else session) / "tfds-mnist"
+    prepared.mkdir(exist_ok=True)
 
     def refuse(*args, **kwargs):
         raise OSError("networking is disabled in the tests")
@@ -72,4 +78,5 @@ def mnist_prepared(tmp_path_factory, shared_data_dir) -> Path:
         mp.setattr(socket, "socket", refuse)
         mp.setattr(socket, "create_connection", refuse)
         load_images("mnist", data_dir=shared_data_dir, prepared_dir=prepared)
+    assert "tensorflow" not in sys.modules  # where it was prepared (test_images checks where it is read)
     return prepared
