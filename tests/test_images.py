@@ -1,6 +1,7 @@
 """fsnn.data.images: TF-free TFDS preparation from the original IDX files, offline, and encodings."""
 
 import gzip
+import os
 import shutil
 import socket
 import sys
@@ -55,6 +56,22 @@ def test_prepares_offline_without_tensorflow_and_keeps_the_original_order(mnist_
         np.testing.assert_array_equal(direct[name].images, split.images)
         np.testing.assert_array_equal(direct[name].labels, split.labels)
         assert direct[name].labels.dtype == np.int32
+
+
+def test_a_process_reads_prepared_files_once_until_they_change(mnist_prepared, no_network):
+    first = load_images("mnist", prepared_dir=mnist_prepared)
+    again = load_images("mnist", prepared_dir=mnist_prepared)  # e.g. a notebook's second `load_data`
+    for name, split in first.items():
+        assert np.shares_memory(again[name].images, split.images) and np.shares_memory(again[name].labels, split.labels)
+        with pytest.raises(ValueError, match="read-only"):
+            again[name].images[0, 0, 0] = 1  # no caller can change what the next one gets
+    record = next((mnist_prepared / "fsnn_mnist").glob("*/*-test.array_record*"))
+    os.utime(record)  # prepared again since
+    fresh = load_images("mnist", prepared_dir=mnist_prepared)
+    assert not np.shares_memory(fresh["test"].images, first["test"].images)
+    for name, split in first.items():
+        np.testing.assert_array_equal(fresh[name].images, split.images)
+        np.testing.assert_array_equal(fresh[name].labels, split.labels)
 
 
 @pytest.fixture

@@ -96,6 +96,10 @@ class Images(NamedTuple):
     labels: np.ndarray
 
 
+_READ: dict[tuple, dict[str, Images]] = {}  # by prepared folder and its files' mtimes: `load_images`
+_MAX_READ = 2
+
+
 def data_dir_from_env() -> Path | None:
     """``$FSNN_DATA_DIR`` as a path, or ``None`` when unset."""
     value = os.environ.get("FSNN_DATA_DIR")
@@ -209,7 +213,10 @@ def load_images(
     """Train / validation / test images of ``name`` (``"mnist"`` or ``"fashion_mnist"``), in original order.
 
     Prepares the TFDS array_record files on first use (from ``data_dir/name`` if given, else by
-    download) and reads them back with TFDS's data source; TensorFlow is never imported.
+    download) and reads them back with TFDS's data source; TensorFlow is never imported. Reading
+    takes seconds (TFDS decodes every example in Python), so the process keeps what it read: later
+    calls for the same prepared files (a notebook's next ``load_data``) return the same read-only
+    arrays at once.
     """
     if name not in _SOURCES:
         raise ValueError(f"`name` must be one of {IMAGE_DATASETS}; got {name!r}.")
@@ -226,14 +233,22 @@ def load_images(
             if not builder.is_prepared():  # else another process prepared it while this one waited
                 builder = builder_of(_locate_originals(name, Path(data_dir) if data_dir else None, prepared_dir))
                 builder.download_and_prepare(download_config=_no_gcs())
-    out = {}
-    for split, source in builder.as_data_source().items():
-        rows = source.__getitems__(range(len(source)))
-        order = np.argsort([r["index"] for r in rows])
-        images = np.stack([rows[i]["image"] for i in order])
-        labels = np.asarray([rows[i]["label"] for i in order], np.int32)
-        out[split] = Images(images, labels)
-    return _split(out["train"], out["test"])
+    folder = Path(builder.data_dir)
+    key = (str(folder.resolve()), tuple(sorted((f.name, f.stat().st_mtime_ns) for f in folder.iterdir())))
+    if key not in _READ:
+        out = {}
+        for split, source in builder.as_data_source().items():
+            rows = source.__getitems__(range(len(source)))
+            order = np.argsort([r["index"] for r in rows])
+            images = np.stack([rows[i]["image"] for i in order])
+            labels = np.asarray([rows[i]["label"] for i in order], np.int32)
+            for array in (images, labels):
+                array.flags.writeable = False  # shared by every later call in this process
+            out[split] = Images(images, labels)
+        while len(_READ) >= _MAX_READ:
+            _READ.pop(next(iter(_READ)))
+        _READ[key] = out
+    return _split(_READ[key]["train"], _READ[key]["test"])
 
 
 def read_originals(name: str, data_dir: Path | str) -> dict[str, Images]:

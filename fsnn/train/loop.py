@@ -71,8 +71,13 @@ def load_data(config: Config, data_dir: str | Path | None = None) -> dict[str, t
     else:
         base, size = (config.dataset[:-2], 16) if config.dataset.endswith("16") else (config.dataset, 28)
         images = load_images(base, data_dir=data_dir or data_dir_from_env())
-        splits = {
-            name: (encode_images(split.images, size=size, t_early=config.t_early, t_late=config.t_late), split.labels)
+        splits = {  # only the images kept are encoded
+            name: (
+                encode_images(
+                    split.images[: cuts[name] or None], size=size, t_early=config.t_early, t_late=config.t_late
+                ),
+                split.labels,
+            )
             for name, split in images.items()
         }
     out = {}
