@@ -172,6 +172,22 @@ def test_encode_28_follows_the_paper_formula():
     np.testing.assert_allclose(times[1], 0.15 + 1.85 * 0.5, rtol=1e-6)
 
 
+def test_encode_16_is_jax_image_resize_of_the_centre_crop():
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 28, 28), dtype=np.uint8) * (rng.random((40, 28, 28)) < 0.3)
+    crop = jnp.asarray(images[:, 2:26, 2:26], jnp.float32) / 255.0
+    small = np.asarray(jax.image.resize(crop, (40, 16, 16), "bilinear", antialias=True)).reshape(40, -1)
+    small = np.clip(small, 0.0, 1.0)
+    expected = np.where(small > 0, 0.15 + 1.85 * (1.0 - small), np.inf)
+    times = encode_images(images, size=16)
+    assert times.dtype == np.float32
+    np.testing.assert_array_equal(np.isinf(times), np.isinf(expected))  # the same pixels are silent
+    np.testing.assert_allclose(times[np.isfinite(times)], expected[np.isfinite(expected)], rtol=1e-6)
+
+
 def test_encode_16_crops_resizes_and_silences_background():
     images = np.zeros((3, 28, 28), np.uint8)
     images[1] = 255
