@@ -99,6 +99,7 @@ class Images(NamedTuple):
 
 _READ: dict[tuple, dict[str, Images]] = {}  # by prepared folder and its files' mtimes: `load_images`
 _MAX_READ = 2
+_ENCODE_CHUNK = 4096  # images per step of `encode_images`
 
 
 def data_dir_from_env() -> Path | None:
@@ -301,9 +302,6 @@ def encode_images(images: np.ndarray, *, size: int = 28, t_early: float = 0.15, 
     for start in range(0, len(images), _ENCODE_CHUNK):  # NumPy reuses its buffers: no new memory per step
         out[start : start + _ENCODE_CHUNK] = _encode(images[start : start + _ENCODE_CHUNK], size, t_early, t_late)
     return out
-
-
-_ENCODE_CHUNK = 4096
 
 
 def _encode(images: np.ndarray, size: int, t_early: float, t_late: float) -> np.ndarray:
