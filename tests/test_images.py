@@ -11,7 +11,8 @@ import threading
 import numpy as np
 import pytest
 
-from fsnn.data.images import DataError, encode_images, load_images, read_originals
+from fsnn.data import images as images_module
+from fsnn.data.images import DataError, Images, encode_images, load_images, read_originals
 
 MNIST_FILES = (
     "train-images-idx3-ubyte.gz",
@@ -58,20 +59,57 @@ def test_prepares_offline_without_tensorflow_and_keeps_the_original_order(mnist_
         assert direct[name].labels.dtype == np.int32
 
 
-def test_a_process_reads_prepared_files_once_until_they_change(mnist_prepared, no_network):
-    first = load_images("mnist", prepared_dir=mnist_prepared)
-    again = load_images("mnist", prepared_dir=mnist_prepared)  # e.g. a notebook's second `load_data`
+def test_read_arrays_are_kept_in_the_process_and_beside_the_prepared_files(
+    mnist_prepared, shared_data_dir, tmp_path, monkeypatch, no_network
+):
+    version = "1.0.0"
+    folder = tmp_path / "fsnn_mnist" / version  # a private copy (this test changes it), no saved arrays yet
+    shutil.copytree(mnist_prepared / "fsnn_mnist" / version, folder)
+    copy = folder.with_name(f"{version}.arrays.npz")
+    decoded = []
+    real_decode = images_module._decode
+    monkeypatch.setattr(images_module, "_decode", lambda source: decoded.append(source) or real_decode(source))
+    monkeypatch.setattr(images_module, "_READ", {})
+
+    first = load_images("mnist", prepared_dir=tmp_path)  # through TFDS
+    assert len(decoded) == 2 and copy.exists()
+    expected = read_originals("mnist", shared_data_dir)
+    again = load_images("mnist", prepared_dir=tmp_path)  # e.g. a notebook's second `load_data`
     for name, split in first.items():
+        np.testing.assert_array_equal(split.images, expected[name].images)
+        np.testing.assert_array_equal(split.labels, expected[name].labels)
         assert np.shares_memory(again[name].images, split.images) and np.shares_memory(again[name].labels, split.labels)
         with pytest.raises(ValueError, match="read-only"):
             again[name].images[0, 0, 0] = 1  # no caller can change what the next one gets
-    record = next((mnist_prepared / "fsnn_mnist").glob("*/*-test.array_record*"))
-    os.utime(record)  # prepared again since
-    fresh = load_images("mnist", prepared_dir=mnist_prepared)
-    assert not np.shares_memory(fresh["test"].images, first["test"].images)
+
+    def later_process():
+        images_module._READ.clear()
+        return load_images("mnist", prepared_dir=tmp_path)
+
+    later = later_process()  # from the saved arrays: nothing decoded
+    assert len(decoded) == 2
     for name, split in first.items():
-        np.testing.assert_array_equal(fresh[name].images, split.images)
-        np.testing.assert_array_equal(fresh[name].labels, split.labels)
+        assert not np.shares_memory(later[name].images, split.images)
+        np.testing.assert_array_equal(later[name].images, split.images)
+        np.testing.assert_array_equal(later[name].labels, split.labels)
+        assert later[name].labels.dtype == np.int32 and not later[name].images.flags.writeable
+
+    # from here on TFDS "decodes" three marked images per split: what comes back shows the way taken
+    marked = Images(np.full((3, 28, 28), 7, np.uint8), np.arange(3, dtype=np.int32))
+    monkeypatch.setattr(images_module, "_decode", lambda source: decoded.append(source) or marked)
+    os.utime(next(folder.glob("*-test.array_record*")))  # prepared again since: the saved arrays are stale
+    assert len(later_process()["test"].labels) == 3 and len(decoded) == 4
+    assert len(later_process()["test"].labels) == 3 and len(decoded) == 4  # and were saved again
+    copy.write_bytes(copy.read_bytes()[:1000])  # truncated
+    assert len(later_process()["test"].labels) == 3 and len(decoded) == 6
+
+    def refuse(*args, **kwargs):
+        raise OSError("read-only file system")
+
+    copy.unlink()
+    monkeypatch.setattr(np, "savez", refuse)  # a folder it cannot write to: read, nothing left behind
+    assert len(later_process()["test"].labels) == 3 and len(decoded) == 8
+    assert sorted(p.name for p in folder.parent.iterdir()) == [version]
 
 
 @pytest.fixture
