@@ -102,13 +102,17 @@ def test_read_arrays_are_kept_in_the_process_and_beside_the_prepared_files(
     assert len(later_process()["test"].labels) == 3 and len(decoded) == 4  # and were saved again
     copy.write_bytes(copy.read_bytes()[:1000])  # truncated
     assert len(later_process()["test"].labels) == 3 and len(decoded) == 6
+    saved = bytearray(copy.read_bytes())  # saved again; now one bit of the images flips
+    saved[saved.index(bytes([7]) * 100) + 50] ^= 1
+    copy.write_bytes(saved)
+    assert len(later_process()["test"].labels) == 3 and len(decoded) == 8  # zip's CRC caught it
 
     def refuse(*args, **kwargs):
         raise OSError("read-only file system")
 
     copy.unlink()
     monkeypatch.setattr(np, "savez", refuse)  # a folder it cannot write to: read, nothing left behind
-    assert len(later_process()["test"].labels) == 3 and len(decoded) == 8
+    assert len(later_process()["test"].labels) == 3 and len(decoded) == 10
     assert sorted(p.name for p in folder.parent.iterdir()) == [version]
 
 
