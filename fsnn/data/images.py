@@ -101,7 +101,7 @@ class Images(NamedTuple):
     labels: np.ndarray
 
 
-_READ: dict[tuple, dict[str, Images]] = {}  # by prepared folder and its files' mtimes: `load_images`
+_READ: dict[tuple, dict[str, Images]] = {}  # what `_read_prepared` read, by folder and its files' stamp
 _MAX_READ = 2
 _ENCODE_CHUNK = 4096  # images per step of `encode_images`
 
