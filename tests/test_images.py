@@ -107,12 +107,21 @@ def test_read_arrays_are_kept_in_the_process_and_beside_the_prepared_files(
     copy.write_bytes(saved)
     assert len(later_process()["test"].labels) == 3 and len(decoded) == 8  # zip's CRC caught it
 
+    killed, writing = (copy.with_name(f"{copy.name}.{pid}.tmp") for pid in (4001, 4002))
+    killed.write_bytes(b"left by a writer killed long ago")
+    os.utime(killed, (0, 0))
+    writing.write_bytes(b"another process is writing this now")
+    copy.unlink()
+    assert len(later_process()["test"].labels) == 3 and len(decoded) == 10
+    assert copy.exists() and not killed.exists() and writing.exists()  # only the stale one is removed
+    writing.unlink()
+
     def refuse(*args, **kwargs):
         raise OSError("read-only file system")
 
     copy.unlink()
     monkeypatch.setattr(np, "savez", refuse)  # a folder it cannot write to: read, nothing left behind
-    assert len(later_process()["test"].labels) == 3 and len(decoded) == 10
+    assert len(later_process()["test"].labels) == 3 and len(decoded) == 12
     assert sorted(p.name for p in folder.parent.iterdir()) == [version]
 
 

@@ -26,11 +26,14 @@ test = the 10 000 test images.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import glob
 import gzip
 import hashlib
 import json
 import os
+import time
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
@@ -103,6 +106,7 @@ class Images(NamedTuple):
 
 _READ: dict[tuple, dict[str, Images]] = {}  # what `_read_prepared` read, by folder and its files' stamp
 _MAX_READ = 2
+_STALE_TMP_SECONDS = 600  # a temporary copy untouched this long was left by a killed writer
 _ENCODE_CHUNK = 4096  # images per step of `encode_images`
 
 
@@ -286,9 +290,17 @@ def _load_copy(path: Path, stamp: str) -> dict[str, Images] | None:
 
 
 def _save_copy(path: Path, stamp: str, splits: dict[str, Images]) -> None:
-    """Write ``splits`` to ``path`` atomically (a temporary file renamed); nothing if it cannot."""
+    """Write ``splits`` to ``path`` atomically (a temporary file renamed); nothing if it cannot.
+
+    Temporary files of writers killed mid-write (untouched for `_STALE_TMP_SECONDS`; a write takes
+    well under a second) are removed first.
+    """
     arrays = {f"{split}_{field}": a for split, images in splits.items() for field, a in images._asdict().items()}
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    for old in path.parent.glob(f"{glob.escape(path.name)}.*.tmp"):
+        with contextlib.suppress(OSError):  # e.g. removed by another process meanwhile
+            if time.time() - old.stat().st_mtime > _STALE_TMP_SECONDS:
+                old.unlink()
     try:
         with open(tmp, "wb") as f:
             np.savez(f, stamp=np.asarray(stamp), **arrays)
