@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fsnn.train import hypergrad
 from fsnn.train.config import EXPERIMENTS_DIR, Config, ConfigError
 from fsnn.train.hypergrad import get_hyper, grid_search, hypergradient, tune, unrolled_validation_loss, with_hyper
 from fsnn.train.loop import Trainer, load_data
@@ -106,6 +107,37 @@ def test_bad_names_and_windows_are_rejected(setup):
         hypergradient(trainer, ["neuron_lr_scale"], train, val, steps=2)
     with pytest.raises(ConfigError, match="window"):
         hypergradient(trainer, ["xi"], train, val, steps=2, window=3)
+
+
+def test_values_outside_the_model_are_rejected_before_anything_compiles(setup, monkeypatch):
+    trainer, train, val = setup
+    for values, message in (
+        ({"threshold": 0.0}, r"`threshold` must exceed `e_leak` \(\[0.0, 0.0\]\); got \[0.0, 0.0\]"),
+        ({"threshold": [1.0, 2.0], "e_leak": 1.5}, "`threshold` must exceed `e_leak`"),
+        ({"tau_s": 0.0}, "`tau_s` must be > 0"),
+        ({"learning_rate": float("nan")}, "`learning_rate` must be > 0"),
+        ({"input_noise": -0.1}, "`input_noise` must be >= 0"),
+        ({"init": [[0.5, 0.1], [0.5, -0.1]]}, "`init` needs"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            with_hyper(trainer.hp, values)
+    monkeypatch.setattr(hypergrad.xla, "jit", lambda *a, **k: pytest.fail("compiled before checking"))
+    with pytest.raises(ConfigError, match="`threshold` must exceed"):
+        grid_search(trainer, {"xi": [0.2, 0.5], "threshold": [1.0, -0.5]}, train, val, steps=STEPS)
+    with pytest.raises(ConfigError, match="choose from .*learning_rate"):
+        grid_search(trainer, {"batch_size": [10, 20]}, train, val, steps=STEPS)
+    start = {**trainer.hp, "learning_rate": -trainer.hp["learning_rate"]}  # edited by hand, unchecked
+    with pytest.raises(ConfigError, match="tune: the starting values left the model: .*`learning_rate`"):
+        tune(trainer, ["learning_rate", "bump_value"], train, val, steps=STEPS, iterations=1, hp=start)
+
+
+def test_descent_keeps_what_must_not_be_negative_at_zero_or_above(setup):
+    trainer, train, val = setup
+    start = {**with_hyper(trainer.hp, {"input_noise": 0.0}), "seed": jnp.asarray(1, jnp.int32)}
+    _, grads = hypergradient(trainer, ["input_noise"], train, val, steps=STEPS, hp=start)
+    assert float(grads["input_noise"]) > 0  # so a plain step would give the noise a negative std
+    history = tune(trainer, ["input_noise"], train, val, steps=STEPS, iterations=1, meta_lr=0.05, hp=start)
+    assert [row["input_noise"] for row in history] == [0.0, 0.0]
 
 
 def test_grid_points_equal_single_evaluations_and_descent_descends(setup):

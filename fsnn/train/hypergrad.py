@@ -23,6 +23,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from fsnn import xla
@@ -37,6 +38,7 @@ __all__ = [
     "grid_search",
     "get_hyper",
     "with_hyper",
+    "check_values",
 ]
 
 DIFFERENTIABLE = (
@@ -44,6 +46,9 @@ DIFFERENTIABLE = (
 )  # fmt: skip
 # loss parameters shape the training objective; the validation loss always uses the config's values
 _LOSS_KEYS = ("xi", "alpha", "beta", "silent_loss", "mse_targets")
+# what `Config.validate` asks of these values, checked again where values are given here directly
+_POSITIVE = ("learning_rate", "xi", "beta", "lr_gamma", "tau_m", "tau_s", "g_leak")
+_NON_NEGATIVE = ("neuron_lr_scale", "input_noise")
 
 
 def get_hyper(hp: dict, name: str) -> jax.Array:
@@ -51,11 +56,44 @@ def get_hyper(hp: dict, name: str) -> jax.Array:
     return hp["neuron"][name] if name in NEURON_KEYS else hp[name]
 
 
+def check_values(hp: dict, values: dict[str, Any]) -> None:
+    """Raise `ConfigError` if a concrete value in ``values`` lies outside the model.
+
+    The rules of `Config.validate` (time constants, ``g_leak``, learning rate, ξ, β > 0; input noise,
+    ``neuron_lr_scale``, initial-weight std >= 0; threshold above ``e_leak``, the other taken from
+    ``hp`` if not in ``values``), for values shaped as `with_hyper` takes them. Traced values pass
+    unchecked (inside a compiled program nothing can be raised).
+    """
+
+    def concrete(x, name):
+        return None if isinstance(x, jax.core.Tracer) else np.broadcast_to(x, np.shape(get_hyper(hp, name)))
+
+    def bad(name, why, value):
+        raise ConfigError(f"hyperparameter `{name}` {why}; got {value.tolist()}.")
+
+    given = {name: concrete(value, name) for name, value in values.items()}
+    for name, value in given.items():
+        if value is None:
+            continue
+        if name in _POSITIVE and not np.all(value > 0):
+            bad(name, "must be > 0", value)
+        if name in _NON_NEGATIVE and not np.all(value >= 0):
+            bad(name, "must be >= 0", value)
+        if name == "init" and not np.all(value[..., 1] >= 0):
+            bad(name, "needs (mean, std >= 0) per layer", value)
+    if {"threshold", "e_leak"} & set(values):
+        theta, e_leak = (given[k] if k in given else concrete(hp["neuron"][k], k) for k in ("threshold", "e_leak"))
+        if theta is not None and e_leak is not None and not np.all(theta > e_leak):
+            bad("threshold", f"must exceed `e_leak` ({e_leak.tolist()})", theta)
+
+
 def with_hyper(hp: dict, values: dict[str, jax.Array]) -> dict:
     """A copy of ``hp`` with ``values`` replaced (neuron parameters inside ``hp["neuron"]``).
 
-    Values take the dtype and shape of the entries they replace (a Python float is fine).
+    Values take the dtype and shape of the entries they replace (a Python float is fine); concrete
+    ones are checked first (`check_values`).
     """
+    check_values(hp, values)
     out = {**hp, "neuron": dict(hp["neuron"])}
     for name, value in values.items():
         old = get_hyper(hp, name)
@@ -176,8 +214,11 @@ def tune(
     """Hypergradient descent: ``iterations`` Adam steps on the hyperparameters ``names``.
 
     Hyperparameters whose values are all positive are tuned in log space (a step of ``meta_lr``
-    changes them by about that fraction); the others directly. Returns one row per evaluation
-    (``iterations + 1``: the start, then after each step) with the values and the validation loss.
+    changes them by about that fraction); the others directly, those that must not be negative
+    (input noise, ``neuron_lr_scale``, initial-weight std) kept at 0 or above. Returns one row per
+    evaluation (``iterations + 1``: the start, then after each step) with the values and the
+    validation loss. A step that leaves the model otherwise (a threshold at or below ``e_leak``)
+    raises `ConfigError`, naming the step.
     """
     hp = trainer.hp if hp is None else hp
     values = {n: get_hyper(hp, n) for n in names}
@@ -188,9 +229,12 @@ def tune(
     history = []
     for i in range(iterations + 1):
         values = {n: jnp.exp(t) if logs[n] else t for n, t in theta.items()}
-        loss, grads = hypergradient(
-            trainer, names, train, validation, steps=steps, window=window, hp=with_hyper(hp, values)
-        )
+        try:
+            at = with_hyper(hp, values)
+        except ConfigError as err:
+            where = "the starting values" if i == 0 else f"step {i} (meta_lr {meta_lr})"
+            raise ConfigError(f"tune: {where} left the model: {err}") from None
+        loss, grads = hypergradient(trainer, names, train, validation, steps=steps, window=window, hp=at)
         history.append({"iteration": i, "loss": float(loss), **{n: jnp.asarray(v).tolist() for n, v in values.items()}})
         if i == iterations:
             break
@@ -198,8 +242,17 @@ def tune(
         g_theta = {n: grads[n] * values[n] if logs[n] else grads[n] for n in names}
         with jax.numpy_dtype_promotion("standard"):
             updates, opt_state = optimizer.update(g_theta, opt_state)
-        theta = optax.apply_updates(theta, updates)
+        theta = {n: t if logs[n] else _at_least_zero(n, t) for n, t in optax.apply_updates(theta, updates).items()}
     return history
+
+
+def _at_least_zero(name: str, value: jax.Array) -> jax.Array:
+    """``value`` with what `check_values` wants non-negative clipped at 0 (a projected step)."""
+    if name in _NON_NEGATIVE:
+        return jnp.maximum(value, 0)
+    if name == "init":
+        return value.at[..., 1].max(0)
+    return value
 
 
 def grid_search(
@@ -218,7 +271,12 @@ def grid_search(
     """
     hp = trainer.hp if hp is None else hp
     names = list(grid)
+    choices = sorted({*hp, *NEURON_KEYS} - {"neuron", "substrate"})
+    if not names or not set(names) <= set(choices):
+        raise ConfigError(f"grid_search `grid` keys {names}: choose from {', '.join(choices)}.")
     points = list(itertools.product(*grid.values()))
+    for point in points:
+        check_values(hp, dict(zip(names, point)))
     stacked = {n: jnp.stack([jnp.asarray(p[j], get_hyper(hp, n).dtype) for p in points]) for j, n in enumerate(names)}
 
     def loss(values):
