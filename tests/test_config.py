@@ -43,7 +43,14 @@ def test_overrides_parse_types():
         ("dropout", "1.0", "`dropout` is a probability in"),
         ("dropout", "-0.1", "`dropout` is a probability in"),
         ("neuron_lr_scale", "-0.1", "`neuron_lr_scale` must be finite and >= 0"),
-        ("neuron_lr_scale", "1e999", "`neuron_lr_scale` must be finite and >= 0"),
+        ("neuron_lr_scale", "1e999", "`neuron_lr_scale` must be finite"),
+        ("xi", "1e999", r"`xi` must be finite; got inf\."),
+        ("bias_times", "(0.9, -1e999)", r"`bias_times` must be finite; got \(0.9, -inf\)"),
+        ("init", "((1.5, 0.8), (0.5, 1e999))", "`init` must be finite"),
+        ("alpha", "-0.1", "`alpha` must be >= 0"),
+        ("adam_b2", "1", r"`adam_b2` is a decay rate in \[0, 1\)"),
+        ("adam_b1", "-0.5", "`adam_b1` is a decay rate"),
+        ("bump_value", "0", "`bump_value` must be > 0 with `weight_bumping`"),
     ],
 )
 def test_bad_values_fail_with_the_key_named(key, value, match):

@@ -166,6 +166,10 @@ class Config:
         def bad(key, why):
             raise ConfigError(f"config key `{key}` {why}")
 
+        for field in dataclasses.fields(self):  # no nan or inf anywhere (tuples of tuples included)
+            value = getattr(self, field.name)
+            if any(isinstance(v, float) and not math.isfinite(v) for v in _leaves(value)):
+                bad(field.name, f"must be finite; got {value}.")
         for key, allowed in (
             ("dataset", tuple(DATASETS)),
             ("loss", LOSSES),
@@ -201,8 +205,15 @@ class Config:
             bad("max_missing", f"fractions must lie in [0, 1]; got {self.max_missing}.")
         if not 0 <= self.neuron_lr_scale < math.inf:
             bad("neuron_lr_scale", f"must be finite and >= 0; got {self.neuron_lr_scale}.")
-        if self.adam_eps_root < 0:
-            bad("adam_eps_root", f"must be >= 0; got {self.adam_eps_root}.")
+        for key in ("alpha", "adam_eps", "adam_eps_root"):
+            if getattr(self, key) < 0:
+                bad(key, f"must be >= 0; got {getattr(self, key)}.")
+        for key in ("adam_b1", "adam_b2"):
+            if not 0 <= getattr(self, key) < 1:
+                bad(key, f"is a decay rate in [0, 1); got {getattr(self, key)}.")
+        if self.weight_bumping and not self.bump_value > 0:
+            why = "must be > 0 with `weight_bumping` (a bumped batch takes no optimizer step)"
+            bad("bump_value", f"{why}; got {self.bump_value}.")
         if self.input_noise < 0:
             bad("input_noise", f"must be >= 0; got {self.input_noise}.")
         if not 0 <= self.dropout < 1:
@@ -271,6 +282,15 @@ class Config:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:
         return apply_overrides(cls(), values)
+
+
+def _leaves(value: Any):
+    """The non-tuple values in ``value`` (itself, or the items of nested tuples)."""
+    if isinstance(value, tuple):
+        for item in value:
+            yield from _leaves(item)
+    else:
+        yield value
 
 
 def _coerce(key: str, raw: Any, annotation: Any) -> Any:

@@ -47,8 +47,8 @@ DIFFERENTIABLE = (
 # loss parameters shape the training objective; the validation loss always uses the config's values
 _LOSS_KEYS = ("xi", "alpha", "beta", "silent_loss", "mse_targets")
 # what `Config.validate` asks of these values, checked again where values are given here directly
-_POSITIVE = ("learning_rate", "xi", "beta", "lr_gamma", "tau_m", "tau_s", "g_leak")
-_NON_NEGATIVE = ("neuron_lr_scale", "input_noise")
+_POSITIVE = ("learning_rate", "xi", "beta", "lr_gamma", "bump_value", "tau_m", "tau_s", "g_leak")
+_NON_NEGATIVE = ("neuron_lr_scale", "input_noise", "alpha")
 
 
 def get_hyper(hp: dict, name: str) -> jax.Array:
@@ -59,10 +59,10 @@ def get_hyper(hp: dict, name: str) -> jax.Array:
 def check_values(hp: dict, values: dict[str, Any]) -> None:
     """Raise `ConfigError` if a concrete value in ``values`` lies outside the model.
 
-    The rules of `Config.validate` (time constants, ``g_leak``, learning rate, ξ, β > 0; input noise,
-    ``neuron_lr_scale``, initial-weight std >= 0; threshold above ``e_leak``, the other taken from
-    ``hp`` if not in ``values``), for values shaped as `with_hyper` takes them. Traced values pass
-    unchecked (inside a compiled program nothing can be raised).
+    The rules of `Config.validate`: time constants, ``g_leak``, learning rate, ξ, β, bump size > 0;
+    α, input noise, ``neuron_lr_scale``, initial-weight std >= 0; threshold above ``e_leak`` (the
+    other taken from ``hp`` if not in ``values``). Values are shaped as `with_hyper` takes them.
+    Traced values pass unchecked (inside a compiled program nothing can be raised).
     """
 
     def concrete(x, name):
@@ -215,7 +215,7 @@ def tune(
 
     Hyperparameters whose values are all positive are tuned in log space (a step of ``meta_lr``
     changes them by about that fraction); the others directly, those that must not be negative
-    (input noise, ``neuron_lr_scale``, initial-weight std) kept at 0 or above. Returns one row per
+    (α, input noise, ``neuron_lr_scale``, initial-weight std) kept at 0 or above. Returns one row per
     evaluation (``iterations + 1``: the start, then after each step) with the values and the
     validation loss. A step that leaves the model otherwise (a threshold at or below ``e_leak``)
     raises `ConfigError`, naming the step.
