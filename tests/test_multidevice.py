@@ -9,11 +9,15 @@ SCRIPT = r"""
 import dataclasses, json, sys
 import jax
 import numpy as np
-from fsnn.train import Config
+from fsnn.train import Config, ConfigError
 from fsnn.train.loop import Trainer, load_data, sharded_search
 
 assert len(jax.devices()) == 2, jax.devices()
 out = {}
+try:
+    Trainer(Config(devices=3))
+except ConfigError as err:
+    out["three"] = str(err)
 for devices in (1, 2):
     config = Config(hidden=(16,), train_size=300, eval_size=150, batch_size=60, dtype="float64", devices=devices)
     jax.config.update("jax_enable_x64", True)
@@ -46,6 +50,7 @@ def _on_two_cpu_devices(script: str) -> dict:
 def test_two_devices_match_one():
     out = _on_two_cpu_devices(SCRIPT)
     one, two = out["1"], out["2"]
+    assert "`devices` is 3 but only 2 device(s) are visible; set it to at most 2 (0 = all)" in out["three"]
     assert one["placed_on"] == 1 and two["placed_on"] == 2
     # One device: the native CPU kernel; two: the XLA search, which XLA splits over the batch
     # (the kernel's custom call would be gathered onto each device).

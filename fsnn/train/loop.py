@@ -560,7 +560,11 @@ def _data_mesh(config: Config) -> Mesh | None:
     available = jax.devices()
     n = config.devices or len(available)
     if n > len(available):
-        raise ConfigError(f"config key `devices` is {n} but only {len(available)} device(s) are visible.")
+        raise ConfigError(
+            f"config key `devices` is {n} but only {len(available)} device(s) are visible; set it to at most "
+            f"{len(available)} (0 = all). On a CPU, XLA_FLAGS=--xla_force_host_platform_device_count={n} set before "
+            "JAX starts shows its cores as devices."
+        )
     if config.batch_size % n:
         raise ConfigError(
             f"config key `batch_size` ({config.batch_size}) must be divisible by the number of devices ({n})."
