@@ -125,6 +125,15 @@ def test_read_arrays_are_kept_in_the_process_and_beside_the_prepared_files(
     assert sorted(p.name for p in folder.parent.iterdir()) == [version]
 
 
+def test_without_files_or_network_it_fails_at_once_saying_where_to_put_the_files(tmp_path, no_network):
+    with pytest.raises(DataError) as err:  # not TFDS's minutes of retries
+        load_images("mnist", prepared_dir=tmp_path)
+    message = str(err.value)
+    assert "cannot download mnist: storage.googleapis.com is unreachable" in message
+    assert "t10k-labels-idx1-ubyte.gz) into DIR/mnist/ and pass --data-dir DIR (or set FSNN_DATA_DIR=DIR)" in message
+    assert not (tmp_path / "fsnn_mnist").exists()
+
+
 @pytest.fixture
 def mnist_copy(tmp_path, shared_data_dir):
     folder = tmp_path / "data" / "mnist"

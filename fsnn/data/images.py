@@ -33,7 +33,9 @@ import gzip
 import hashlib
 import json
 import os
+import socket
 import time
+import urllib.parse
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
@@ -106,6 +108,7 @@ class Images(NamedTuple):
 
 _READ: dict[tuple, dict[str, Images]] = {}  # what `_read_prepared` read, by folder and its files' stamp
 _MAX_READ = 2
+_CONNECT_SECONDS = 10  # to the download host, before TFDS's own (slow) retries
 _STALE_TMP_SECONDS = 600  # a temporary copy untouched this long was left by a killed writer
 _ENCODE_CHUNK = 4096  # images per step of `encode_images`
 
@@ -206,11 +209,23 @@ def _locate_originals(name: str, data_dir: Path | None, prepared_dir: Path) -> d
     if data_dir is not None:
         return _local_originals(name, data_dir)
     base_url, files = _SOURCES[name]
+    offline = (
+        f"Without internet: put the original files ({', '.join(files)}) into DIR/{name}/ and pass --data-dir DIR "
+        "(or set FSNN_DATA_DIR=DIR)."
+    )
+    host = urllib.parse.urlsplit(base_url).hostname
+    try:  # TFDS would retry an unreachable host for minutes
+        socket.create_connection((host, 443), timeout=_CONNECT_SECONDS).close()
+    except OSError as err:
+        raise DataError(f"cannot download {name}: {host} is unreachable ({err}). {offline}") from None
     import tensorflow_datasets as tfds
 
     folder = prepared_dir / "downloads" / name
     manager = tfds.download.DownloadManager(download_dir=folder)
-    paths = manager.download({file: base_url + file for file in files})
+    try:
+        paths = manager.download({file: base_url + file for file in files})
+    except Exception as err:  # TFDS raises several kinds (requests', its own, OSError)
+        raise DataError(f"downloading {name} from {base_url} failed ({err}). {offline}") from err
     fix = f"Delete {folder} and retry, or download the files yourself and pass --data-dir."
     for file, (size, sha) in files.items():
         _check_file(Path(paths[file]), size, sha, fix)
