@@ -214,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from fsnn.data.images import DataError
+    from fsnn.train.checkpoint import CheckpointError
     from fsnn.train.config import ConfigError
 
     args = build_parser().parse_args(argv)
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt) if on_term else None
     try:
         return args.func(args)
-    except (ConfigError, DataError, FileNotFoundError) as err:  # user-fixable; anything else keeps its traceback
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as err:  # user-fixable; else a traceback
         print(f"fsnn: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import re
+import shutil
 import subprocess
 import sys
 
@@ -78,6 +80,47 @@ def test_same_seed_same_result_and_exact_resume(tmp_path):
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
     assert evaluate_run(tmp_path / "b")["test_accuracy"] == pytest.approx(resumed["test_accuracy"])
+
+
+def test_a_damaged_checkpoint_is_named_with_its_fix_and_nothing_is_lost(tmp_path):
+    run = tmp_path / "run"
+    straight = train_and_evaluate(dataclasses.replace(TINY, epochs=3), tmp_path / "straight", quiet=True)
+    train_and_evaluate(TINY, run, quiet=True)  # checkpoints of epochs 1 and 2
+    before = {name: (run / name).read_bytes() for name in ("config.json", "metrics.jsonl", "results.json")}
+    data_file = max((run / "checkpoints" / "2").rglob("d/*"), key=lambda f: f.stat().st_size)
+    damaged = bytearray(data_file.read_bytes())
+    damaged[len(damaged) // 2] ^= 1  # one bit: orbax itself might read a wrong weight without noticing
+    data_file.write_bytes(damaged)
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        train_and_evaluate(dataclasses.replace(TINY, epochs=3), run, resume=True, quiet=True)
+    assert (
+        f"the checkpoint of epoch 2 in {run / 'checkpoints'} is damaged (1 file(s) differ from when it was saved, "
+        f"e.g. {data_file.relative_to(run / 'checkpoints' / '2')}); delete {run / 'checkpoints' / '2'} to go on "
+        "from the checkpoint before it (epoch 1)."
+    ) == str(err.value)
+    assert {name: (run / name).read_bytes() for name in before} == before
+    shutil.rmtree(run / "checkpoints" / "2")  # the fix the error names
+    resumed = train_and_evaluate(dataclasses.replace(TINY, epochs=3), run, resume=True, quiet=True)
+    assert resumed["test_accuracy"] == straight["test_accuracy"]
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_a_damaged_checkpoint_of_older_fsnn_is_named_with_its_fix(tmp_path):
+    """Without the digest (checkpoints of older versions) orbax finds the damage."""
+    run = tmp_path / "run"
+    train_and_evaluate(dataclasses.replace(TINY, epochs=1), run, quiet=True)
+    folder = run / "checkpoints" / "1"
+    (folder / "fsnn_sha256.json").unlink()
+    for data_file in folder.rglob("d/*"):
+        data_file.write_bytes(data_file.read_bytes()[:20])
+    done = subprocess.run(
+        [sys.executable, "-m", "fsnn.cli", "eval", str(run)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2
+    # orbax's reading threads still print their failures around the message (even on its line)
+    start = f"fsnn: error: the checkpoint of epoch 1 in {run / 'checkpoints'} is damaged (OUT_OF_RANGE"
+    end = f"); no checkpoint before it is left: delete {run / 'checkpoints'} and train again (without --resume)."
+    assert re.search(re.escape(start) + "[^\n]*" + re.escape(end), done.stderr), done.stderr[:3000]
 
 
 def test_workdir_is_never_overwritten(tmp_path):

@@ -1,7 +1,15 @@
-"""Orbax checkpoints of the whole training state (parameters, optimizer, bump state, epoch)."""
+"""Orbax checkpoints of the whole training state (parameters, optimizer, bump state, epoch).
+
+Each checkpoint's folder also holds the sha256 of its files (`_DIGEST`, written once orbax has
+committed it), so that a damaged checkpoint is found before orbax reads it: one clear error
+instead of TensorStore's failures (or a silently changed weight in a resumed run).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
 from typing import TypeVar
 
@@ -10,9 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["save", "restore_latest", "latest_epoch"]
+__all__ = ["CheckpointError", "save", "restore_latest", "latest_epoch"]
 
 T = TypeVar("T")
+_DIGEST = "fsnn_sha256.json"
+
+
+class CheckpointError(RuntimeError):
+    """A saved checkpoint cannot be read back; the message names it and the fix."""
 
 
 def _manager(directory: Path) -> ocp.CheckpointManager:
@@ -24,9 +37,23 @@ def save(directory: Path, state, step: int | None = None) -> None:
     """Save ``state`` under ``step`` (default: its epoch, ``state.epoch``); keeps the two latest."""
     step = int(state.epoch) if step is None else step
     with _manager(directory) as manager:
-        if step not in manager.all_steps():
-            manager.save(step, args=ocp.args.StandardSave(state))
+        if step in manager.all_steps():
+            return
+        manager.save(step, args=ocp.args.StandardSave(state))
         manager.wait_until_finished()
+    folder = Path(directory).resolve() / str(step)
+    tmp = folder / f"{_DIGEST}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(_digest(folder), indent=0))
+    os.replace(tmp, folder / _DIGEST)
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    """sha256 of every file in a checkpoint's ``folder`` (by relative path), but the digest's own."""
+    return {
+        str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted(folder.rglob("*"))
+        if f.is_file() and not f.name.startswith(_DIGEST)
+    }
 
 
 def latest_epoch(directory: Path) -> int | None:
@@ -46,7 +73,29 @@ def restore_latest(directory: Path, like: T) -> T:
         step = manager.latest_step()
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {directory}; start without --resume.")
-        restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        folder = Path(manager.directory) / str(step)
+        before = [s for s in manager.all_steps() if s < step]
+        fix = (
+            f"delete {folder} to go on from the checkpoint before it (epoch {max(before)})"
+            if before
+            else f"no checkpoint before it is left: delete {directory} and train again (without --resume)"
+        )
+
+        def damaged(why: str) -> CheckpointError:
+            return CheckpointError(f"the checkpoint of epoch {step} in {directory} is damaged ({why}); {fix}.")
+
+        if (folder / _DIGEST).exists():  # checkpoints of older fsnn versions have none
+            saved, now = json.loads((folder / _DIGEST).read_text()), _digest(folder)
+            changed = sorted(name for name in saved.keys() | now.keys() if saved.get(name) != now.get(name))
+            if changed:
+                raise damaged(f"{len(changed)} file(s) differ from when it was saved, e.g. {changed[0]}")
+        try:
+            restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        except Exception as err:  # orbax and TensorStore raise many kinds for damaged files
+            root = err
+            while root.__cause__ is not None:
+                root = root.__cause__
+            raise damaged(str(root).strip().splitlines()[0][:300] or type(root).__name__) from err
 
     def as_like(value, template):
         if isinstance(template, jax.Array) and not template.committed and value.is_fully_addressable:

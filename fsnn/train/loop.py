@@ -654,12 +654,11 @@ def _train_and_evaluate(
                 f"--resume with a different config (keys {diff}); use the saved config or a new --workdir."
             )
     workdir.mkdir(parents=True, exist_ok=True)
-    config_file.write_text(config.to_json())
-
     data = trainer.place(load_data(config, data_dir))
     state = trainer.init_state()
     if resume and has_run:
         state = checkpoint.restore_latest(ckpt_dir, state)
+    config_file.write_text(config.to_json())  # once data and checkpoint are there: a failed start changes nothing
     state = trainer.place(state)
     start_epoch = int(state.epoch)
     history = []
