@@ -7,6 +7,7 @@ import socket
 import sys
 import tempfile
 import threading
+import urllib.request
 
 import numpy as np
 import pytest
@@ -125,13 +126,27 @@ def test_read_arrays_are_kept_in_the_process_and_beside_the_prepared_files(
     assert sorted(p.name for p in folder.parent.iterdir()) == [version]
 
 
-def test_without_files_or_network_it_fails_at_once_saying_where_to_put_the_files(tmp_path, no_network):
+def test_without_files_or_network_it_fails_at_once_saying_where_to_put_the_files(tmp_path, no_network, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    monkeypatch.setattr(urllib.request, "getproxies", dict)  # whatever proxy this machine has
     with pytest.raises(DataError) as err:  # not TFDS's minutes of retries
         load_images("mnist", prepared_dir=tmp_path)
     message = str(err.value)
     assert "cannot download mnist: storage.googleapis.com is unreachable" in message
-    assert "t10k-labels-idx1-ubyte.gz) into DIR/mnist/ and pass --data-dir DIR (or set FSNN_DATA_DIR=DIR)" in message
+    where = "t10k-labels-idx1-ubyte.gz) into DIR/mnist/ and pass --data-dir DIR (or set FSNN_DATA_DIR=DIR)."
+    assert message.endswith(where)
     assert not (tmp_path / "fsnn_mnist").exists()
+
+    def refused(self, urls):
+        raise ConnectionError("the proxy refused")
+
+    # behind a proxy only the download can tell; its failure says the same
+    monkeypatch.setattr(urllib.request, "getproxies", lambda: {"https": "http://proxy.invalid:3128"})
+    monkeypatch.setattr(tfds.download.DownloadManager, "download", refused)
+    with pytest.raises(DataError, match=r"downloading mnist from https://\S+ failed \(the proxy refused\)\.") as err:
+        load_images("mnist", prepared_dir=tmp_path)
+    assert str(err.value).endswith(where)
 
 
 @pytest.fixture

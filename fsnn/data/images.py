@@ -36,6 +36,7 @@ import os
 import socket
 import time
 import urllib.parse
+import urllib.request
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
@@ -214,10 +215,11 @@ def _locate_originals(name: str, data_dir: Path | None, prepared_dir: Path) -> d
         "(or set FSNN_DATA_DIR=DIR)."
     )
     host = urllib.parse.urlsplit(base_url).hostname
-    try:  # TFDS would retry an unreachable host for minutes
-        socket.create_connection((host, 443), timeout=_CONNECT_SECONDS).close()
-    except OSError as err:
-        raise DataError(f"cannot download {name}: {host} is unreachable ({err}). {offline}") from None
+    if "https" not in urllib.request.getproxies():  # through a proxy only the download itself can tell
+        try:  # TFDS would retry an unreachable host for minutes
+            socket.create_connection((host, 443), timeout=_CONNECT_SECONDS).close()
+        except OSError as err:
+            raise DataError(f"cannot download {name}: {host} is unreachable ({err}). {offline}") from None
     import tensorflow_datasets as tfds
 
     folder = prepared_dir / "downloads" / name
