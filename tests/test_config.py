@@ -1,7 +1,14 @@
 """fsnn.train.config: parsing, validation, experiment files."""
 
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
 import pytest
 
+import fsnn
 from fsnn.train import Config, ConfigError, apply_overrides, load_config
 
 
@@ -97,3 +104,21 @@ def test_image_shift_is_bounded_by_the_image_side():
     assert apply_overrides(load_config("mnist16"), {"augment_shift": "2"}).augment_shift == 2
     with pytest.raises(ConfigError, match=r"`augment_shift` must be a whole number of pixels in 0 \.\. 15"):
         apply_overrides(load_config("mnist16"), {"augment_shift": "16"})
+
+
+def test_an_installed_fsnn_finds_the_experiments_it_carries(tmp_path):
+    """pyproject.toml puts experiments/ into the package as fsnn._experiments: a non-editable install
+    (wheel, ``pip install .``) trains `fsnn train yinyang` without the checkout."""
+    repo = Path(fsnn.__file__).resolve().parents[1]
+    setuptools = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]
+    subpackages = {".".join(p.relative_to(repo).parent.parts) for p in (repo / "fsnn").rglob("__init__.py")}
+    assert set(setuptools["packages"]) == subpackages | {"fsnn._experiments"}  # a new subpackage is listed
+    assert setuptools["package-dir"] == {"fsnn._experiments": "experiments"}
+    site = tmp_path / "site"  # the layout of the install
+    shutil.copytree(repo / "fsnn", site / "fsnn", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(repo / "experiments", site / "fsnn" / "_experiments")
+    script = "from fsnn.train.config import EXPERIMENTS_DIR as d, load_config; print(d, load_config('yinyang').name)"
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env={"PYTHONPATH": str(site)}, capture_output=True, text=True
+    )
+    assert done.stdout.split() == [str(site / "fsnn" / "_experiments"), "yinyang"], done.stderr[-2000:]

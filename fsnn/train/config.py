@@ -22,7 +22,14 @@ class ConfigError(ValueError):
     """A config, command-line or run-directory problem the user can fix (the message says how)."""
 
 
-EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
+def _experiments_dir() -> Path:
+    """The experiment configs: installed, the copy inside the package; in a checkout, ``experiments/``."""
+    here = Path(__file__).resolve()
+    installed = here.parents[1] / "_experiments"  # pyproject.toml maps experiments/ to fsnn._experiments
+    return installed if installed.is_dir() else here.parents[2] / "experiments"
+
+
+EXPERIMENTS_DIR = _experiments_dir()
 # dataset: (inputs, classes); image datasets end in "16" for the 16 x 16 encoding
 DATASETS = {
     "yinyang": (4, 3),
