@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from fsnn.data.images import DataError
-    from fsnn.train.checkpoint import CheckpointError
+    from fsnn.train.checkpoint import CheckpointError, Interrupted
     from fsnn.train.config import ConfigError
 
     args = build_parser().parse_args(argv)
@@ -231,13 +231,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, CheckpointError, FileNotFoundError) as err:  # user-fixable; else a traceback
         print(f"fsnn: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         if not trains:
             raise
-        print(
-            "fsnn: interrupted; the epochs done are checkpointed: the same command with --resume continues.",
-            file=sys.stderr,
-        )
+        done = "the epochs done are checkpointed: the same command with --resume continues."
+        if isinstance(interrupt, Interrupted):  # `fsnn train` within its epochs knows which
+            done = f"epochs 1-{interrupt.epoch} are checkpointed: the same command with --resume continues."
+            if not interrupt.epoch:
+                done = "no epoch had ended, nothing is checkpointed: the same command starts the run again."
+        print(f"fsnn: interrupted; {done}", file=sys.stderr)
         return 130
     finally:
         if on_term:

@@ -141,11 +141,29 @@ def test_sigterm_keeps_the_epochs_done_and_resume_continues(tmp_path):
         run.send_signal(signal.SIGTERM)
         _, err = run.communicate(timeout=120)
     assert run.returncode == 130, err[-2000:]
-    assert err.strip().splitlines()[-1].startswith("fsnn: interrupted")
     epochs = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]
     saved = checkpoint.latest_epoch(workdir / "checkpoints")
     assert saved is not None and epochs[-1] - 1 <= saved <= epochs[-1]  # (a signal between the two writes)
+    assert err.strip().splitlines()[-1].startswith(f"fsnn: interrupted; epochs 1-{saved} are checkpointed")
     done = subprocess.run([*command, "--epochs", str(saved + 2), "--resume"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     epochs = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]
     assert epochs == list(range(1, saved + 3))
+
+
+def test_an_interrupt_before_the_first_epoch_ends_says_nothing_is_saved(tmp_path, capsys, monkeypatch):
+    from fsnn.train.loop import Trainer
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
+    workdir = tmp_path / "run"
+    argv = ["train", "yinyang", "--smoke", "--quiet", "--no-figures", "--workdir", str(workdir)]
+    assert main(argv) == 130
+    assert capsys.readouterr().err.strip() == (
+        "fsnn: interrupted; no epoch had ended, nothing is checkpointed: the same command starts the run again."
+    )
+    assert not (workdir / "checkpoints").exists()
+    monkeypatch.undo()  # and so it does
+    assert main([*argv, "--epochs", "1"]) == 0

@@ -28,6 +28,15 @@ class CheckpointError(RuntimeError):
     """A saved checkpoint cannot be read back; the message names it and the fix."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C (or SIGTERM under the command line) after the epochs done were
+    saved: ``epoch`` is the last epoch checkpointed, 0 when none is."""
+
+    def __init__(self, epoch: int):
+        super().__init__(epoch)
+        self.epoch = epoch
+
+
 def _manager(directory: Path) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True, enable_async_checkpointing=False)
     return ocp.CheckpointManager(Path(directory).resolve(), options=options)

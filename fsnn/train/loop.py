@@ -698,10 +698,10 @@ def _train_and_evaluate(
                     val=f"{row['val_accuracy']:.3f}",
                 )
                 progress.update(1)
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM under the command line: keep the epochs done
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM under the command line: keep the epochs done
         if int(logged.epoch) > start_epoch:
             checkpoint.save(ckpt_dir, logged)
-        raise
+        raise checkpoint.Interrupted(int(logged.epoch)) from interrupt  # epoch start_epoch was restored
     train_seconds = time.perf_counter() - t0
     if progress is not None:
         progress.close()
