@@ -80,3 +80,23 @@ def mnist_prepared(tmp_path_factory, shared_data_dir) -> Path:
         load_images("mnist", data_dir=shared_data_dir, prepared_dir=prepared)
     assert "tensorflow" not in sys.modules  # where it was prepared (test_images checks where it is read)
     return prepared
+
+
+@pytest.fixture(scope="session")
+def after_busy_device():
+    """``f(tree)``: ``tree``, computed only after ≈ 5 s of device work (products of 128 × 128
+    matrices; a host callback would run inline, on the caller's thread). Calibrated once; it sizes the
+    tests of what an interrupt does while an epoch computes and asserts nothing about speed."""
+    import time
+
+    import jax.numpy as jnp
+
+    @jax.jit
+    def delayed(tree, n):
+        m = jax.lax.fori_loop(0, n, lambda i, m: jnp.tanh(m @ m), jnp.full((128, 128), 0.01, jnp.float32))
+        return jax.tree.map(lambda a: a + (0 * m[0, 0]).astype(a.dtype), tree)
+
+    start = time.perf_counter()
+    delayed(jnp.zeros(()), 200).block_until_ready()
+    n = int(200 * 5.0 / max(time.perf_counter() - start, 1e-3))
+    return lambda tree: delayed(tree, n)

@@ -167,3 +167,38 @@ def test_an_interrupt_before_the_first_epoch_ends_says_nothing_is_saved(tmp_path
     assert not (workdir / "checkpoints").exists()
     monkeypatch.undo()  # and so it does
     assert main([*argv, "--epochs", "1"]) == 0
+
+
+def test_sigterm_during_an_epoch_saves_the_epochs_done_without_waiting_for_it(
+    tmp_path, capsys, monkeypatch, after_busy_device
+):
+    """SIGTERM while the device computes epoch 3 (made to last seconds): epochs 1-2 are checkpointed
+    while that computation still runs, not after it (a scheduler's grace may be shorter)."""
+    import os
+    import threading
+
+    import jax
+
+    from fsnn.train import checkpoint
+    from fsnn.train.loop import Trainer
+
+    real, held = Trainer.train_epoch, []
+
+    def third_epoch_slow(self, state, *args):
+        third = int(state.epoch) == 2
+        state, summary = real(self, state, *args)
+        if third:  # the loop's validation of epoch 3 waits for these parameters
+            state = state._replace(params=after_busy_device(state.params))
+            held.append(state.params)
+            threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        return state, summary
+
+    monkeypatch.setattr(Trainer, "train_epoch", third_epoch_slow)
+    workdir = tmp_path / "run"
+    argv = ["train", "yinyang", "--smoke", "--quiet", "--no-figures", "--workdir", str(workdir)]
+    assert main([*argv, "--epochs", "5", "--set", "checkpoint_every=0"]) == 130
+    still_running = not jax.tree.leaves(held[0])[0].is_ready()
+    jax.block_until_ready(held)
+    assert still_running, "the interrupt waited for the running epoch"
+    assert checkpoint.latest_epoch(workdir / "checkpoints") == 2
+    assert capsys.readouterr().err.strip().startswith("fsnn: interrupted; epochs 1-2 are checkpointed")

@@ -73,9 +73,10 @@ def test_sweep_resumes_exactly_and_is_never_overwritten(tmp_path):
     assert _programs(long[0]).train_epoch._cache_size() == compiled  # resumed states reuse the program
 
 
-def test_an_interrupted_sweep_keeps_its_epochs_and_resumes_exactly(tmp_path, monkeypatch):
+def test_an_interrupted_sweep_keeps_its_epochs_and_resumes_exactly(tmp_path, monkeypatch, after_busy_device):
     # Ctrl-C (or SIGTERM under the command line) in epoch 3, no periodic checkpoints: the two
-    # epochs done are saved, and --resume ends exactly where an uninterrupted sweep does.
+    # epochs done are saved at once (no device computation, which would wait for the running
+    # epoch: here one that lasts seconds), and --resume ends exactly where an uninterrupted sweep does.
     from fsnn.train import sweep as sweep_module
 
     jax.config.update("jax_enable_x64", True)
@@ -86,12 +87,15 @@ def test_an_interrupted_sweep_keeps_its_epochs_and_resumes_exactly(tmp_path, mon
     def interrupt_in_epoch_3(tree, real=sweep_module._to_python):
         logged.append(1)  # called once per epoch, for its metrics line
         if len(logged) == 3:
+            busy.append(after_busy_device(np.zeros((), np.float32)))
             raise KeyboardInterrupt
         return real(tree)
 
+    busy = []
     monkeypatch.setattr(sweep_module, "_to_python", interrupt_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         sweep(configs, tmp_path, quiet=True)
+    assert not busy[0].is_ready(), "saving the interrupted sweep waited for a computation"
     monkeypatch.undo()
     assert checkpoint.latest_epoch(tmp_path / "checkpoints" / "group-0") == 2
     rows, resumed = sweep(configs, tmp_path, quiet=True, resume=True)

@@ -586,6 +586,13 @@ def _enable_dtype(config: Config) -> None:
         jax.config.update("jax_enable_x64", True)
 
 
+def wait_for(tree):
+    """``tree`` once the device has computed it. Unlike reading values, `jax.block_until_ready` lets
+    Ctrl-C and SIGTERM through while it waits: an interrupted run saves its last finished epoch at
+    once instead of after the running one (a scheduler's grace period may be shorter than an epoch)."""
+    return jax.block_until_ready(tree)
+
+
 def _to_python(tree) -> Any:
     return jax.tree.map(lambda a: np.asarray(a).tolist(), tree)
 
@@ -678,7 +685,7 @@ def _train_and_evaluate(
         for epoch in range(start_epoch, config.epochs):
             e0 = time.perf_counter()
             state, summary = trainer.train_epoch(state, x_train, y_train)
-            val = trainer.evaluate(state.params, x_val, y_val)
+            val = wait_for(trainer.evaluate(state.params, x_val, y_val))
             row = {"epoch": epoch + 1, **_to_python(summary)}
             row.update(val_loss=float(val["loss"]), val_accuracy=float(val["accuracy"]))
             row["val_silent_fraction"] = _to_python(val["silent_fraction"])
@@ -709,7 +716,7 @@ def _train_and_evaluate(
 
     test = trainer.evaluate(state.params, *data["test"])
     if val is None:  # nothing trained in this call (resumed at the last epoch)
-        val = trainer.evaluate(state.params, x_val, y_val)
+        val = wait_for(trainer.evaluate(state.params, x_val, y_val))
     epochs_run = config.epochs - start_epoch
     chosen = {"final_test_accuracy": float(test["accuracy"])}
     reported = state  # the weights whose test results (and figures) are reported

@@ -44,6 +44,7 @@ from fsnn.train.loop import (
     load_data,
     resolved_solver,
     standard_normal_kernels,
+    wait_for,
 )
 
 __all__ = ["expand_grid", "group_key", "sweep", "summarize", "format_summary"]
@@ -198,7 +199,7 @@ def _train_group(
     best_val, best_epoch, best_params = np.full(n, -1.0), np.zeros(n, np.int64), runs.params
 
     def snapshot(runs, best_params, best_val, best_epoch) -> dict[str, Any]:  # what a checkpoint holds
-        best = {"best_val": jnp.asarray(best_val, x_train.dtype), "best_epoch": jnp.asarray(best_epoch, jnp.int32)}
+        best = {"best_val": np.asarray(best_val, x_train.dtype), "best_epoch": np.asarray(best_epoch, np.int32)}
         return {"runs": _first(runs, n), "best_params": _first(best_params, n), **best}
 
     if ckpt_dir is not None and checkpoint.latest_epoch(ckpt_dir) is not None:
@@ -214,7 +215,7 @@ def _train_group(
     try:
         for epoch in range(start, first.epochs):
             runs, summary = train_epoch(runs, x_train, y_train, hps)
-            val = evaluate(runs.params, x_val, y_val, hps)
+            val = wait_for(evaluate(runs.params, x_val, y_val, hps))
             val_accuracy = np.asarray(val["accuracy"], np.float64)[:n]
             better = val_accuracy > best_val  # ties keep the earlier epoch, as in `train_and_evaluate`
             if better.any():
@@ -237,7 +238,8 @@ def _train_group(
                 progress.set_postfix(val=f"{val_accuracy.mean():.3f}")
                 progress.update(1)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM under the command line: keep the epochs done
-        if ckpt_dir is not None and int(logged[0].epoch[0]) > start:
+        logged = jax.device_get(logged)  # on the host: a device computation would wait for the running epoch
+        if ckpt_dir is not None and logged[0].epoch[0] > start:
             checkpoint.save(ckpt_dir, snapshot(*logged), step=int(logged[0].epoch[0]))
         raise
     seconds = time.perf_counter() - t0
