@@ -118,7 +118,7 @@ def _sweep(args) -> int:
 def _eval(args) -> int:
     from fsnn.train.loop import evaluate_run
 
-    results = evaluate_run(Path(args.workdir), data_dir=args.data_dir, best=args.best)
+    results = evaluate_run(Path(args.workdir), data_dir=args.data_dir, best=args.best, run=args.run)
     print(json.dumps(results, indent=2))
     return 0
 
@@ -126,7 +126,7 @@ def _eval(args) -> int:
 def _plot(args) -> int:
     from fsnn.plot import save_run_figures
 
-    for path in save_run_figures(Path(args.workdir), data_dir=args.data_dir):
+    for path in save_run_figures(Path(args.workdir), data_dir=args.data_dir, run=args.run):
         print(path)
     return 0
 
@@ -195,10 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the best-validation weights (kept by runs with select_best=true), not the latest checkpoint",
     )
+    run_help = "in a sweep directory: which run (the `run` of its row in sweep.json)"
+    ev.add_argument("--run", type=int, help=run_help)
     ev.set_defaults(func=_eval)
-    plot = sub.add_parser("plot", help="draw every standard figure of a run into WORKDIR/figures")
+    plot_help = "draw every standard figure of a run into WORKDIR/figures (of a sweep's run: WORKDIR/run-I/figures)"
+    plot = sub.add_parser("plot", help=plot_help)
     plot.add_argument("workdir")
     plot.add_argument("--data-dir", help=DATA_DIR_HELP)
+    plot.add_argument("--run", type=int, help=run_help)
     plot.set_defaults(func=_plot)
     bench = sub.add_parser("bench", help="training / inference throughput, compile time and memory")
     bench.add_argument("--networks", default="yinyang,mnist16,bss2,mnist", help="comma-separated")

@@ -285,8 +285,9 @@ def save_figures(
     return paths
 
 
-def save_run_figures(workdir: str | Path, *, data_dir: str | Path | None = None) -> list[Path]:
-    """Draw every standard figure of a run directory (last checkpoint) into ``workdir/figures/``.
+def save_run_figures(workdir: str | Path, *, data_dir: str | Path | None = None, run: int | None = None) -> list[Path]:
+    """Draw every standard figure of a run directory (last checkpoint) into ``workdir/figures/``;
+    of run ``run`` of a sweep directory into ``workdir/run-<run>/figures/``.
 
     `save_figures` on the test set, plus, for Yin-Yang, the decision and spike-time maps over the
     unit square (one more compiled forward pass, for the grid).
@@ -295,13 +296,16 @@ def save_run_figures(workdir: str | Path, *, data_dir: str | Path | None = None)
 
     from fsnn.encoding import values_to_times
     from fsnn.train.loop import load_data, restore_run
+    from fsnn.train.sweep import sweep_run_metrics
 
     workdir = Path(workdir)
-    config, trainer, state = restore_run(workdir)
+    config, trainer, state = restore_run(workdir, run=run)
+    metrics = read_metrics(workdir) if run is None else sweep_run_metrics(workdir, run)
+    target = workdir if run is None else workdir / f"run-{run}"
     kernels = [np.asarray(state.params["layers"][i]["kernel"]) for i in range(len(config.sizes))]
     x_test, y_test = load_data(config, data_dir)["test"]
     times = [np.asarray(t) for t in trainer.evaluate(state.params, x_test, y_test)["times"]]
-    paths = save_figures(workdir, read_metrics(workdir), kernels, np.asarray(x_test), times, np.asarray(y_test))
+    paths = save_figures(target, metrics, kernels, np.asarray(x_test), times, np.asarray(y_test))
     if config.dataset == "yinyang":
         from fsnn.data.yinyang import PUBLISHED, yinyang
 
@@ -313,6 +317,6 @@ def save_run_figures(workdir: str | Path, *, data_dir: str | Path | None = None)
             return forward(values_to_times(points.astype(x_test.dtype), t_early=config.t_early, t_late=config.t_late))
 
         paths.append(
-            _save(yinyang_maps(output_times, test.samples, test.labels), workdir / "figures" / "yinyang_maps.png")
+            _save(yinyang_maps(output_times, test.samples, test.labels), target / "figures" / "yinyang_maps.png")
         )
     return paths

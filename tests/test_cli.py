@@ -31,6 +31,8 @@ def test_train_and_eval(tmp_path, capsys):
     assert "test_accuracy" in capsys.readouterr().out
     assert main(["eval", str(workdir), "--best"]) == 2  # kept only by runs with select_best
     assert "select_best=true" in capsys.readouterr().err
+    assert main(["eval", str(workdir), "--run", "0"]) == 2  # --run is for sweep directories
+    assert "holds one run of `fsnn train`, not a sweep: leave out --run" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ import pytest
 from fsnn.cli import main
 from fsnn.train import checkpoint
 from fsnn.train.config import Config, ConfigError
-from fsnn.train.loop import Trainer, load_data
-from fsnn.train.sweep import _programs, expand_grid, group_key, summarize, sweep
+from fsnn.train.loop import Trainer, evaluate_run, load_data, restore_run
+from fsnn.train.sweep import _programs, expand_grid, group_key, summarize, sweep, sweep_run_metrics
 
 BASE = Config(train_size=300, eval_size=200, epochs=2, hidden=(12,), batch_size=50, dtype="float64", input_noise=0.1)
 
@@ -71,6 +71,37 @@ def test_sweep_resumes_exactly_and_is_never_overwritten(tmp_path):
     saved = json.loads((tmp_path / "b" / "configs.json").read_text())
     assert [Config.from_dict(c) for c in saved] == long
     assert _programs(long[0]).train_epoch._cache_size() == compiled  # resumed states reuse the program
+
+
+def test_a_swept_run_is_evaluated_and_plotted_like_a_trained_one(tmp_path):
+    # `fsnn eval/plot WORKDIR --run I`: the run's own state, metrics and (with --best) best weights
+    jax.config.update("jax_enable_x64", True)
+    grid = {"hidden": [(12,), (6,)], "select_best": [True, False]}  # two programs of four runs
+    configs = expand_grid(dataclasses.replace(BASE, epochs=3), 2, grid)
+    rows, states = sweep(configs, tmp_path, quiet=True)
+    for i in (1, 6):  # second of group 0; third of group 1
+        config, _, state = restore_run(tmp_path, run=i)
+        assert config == configs[i]
+        for mine, swept in zip(jax.tree.leaves(state), jax.tree.leaves(states[i])):
+            np.testing.assert_array_equal(np.asarray(mine), np.asarray(swept))
+        again = evaluate_run(tmp_path, run=i)
+        assert again["epoch"] == 3
+        assert again["test_accuracy"] == pytest.approx(rows[i]["final_test_accuracy"], abs=1e-12)
+        assert again["validation_accuracy"] == pytest.approx(rows[i]["val_accuracy"], abs=1e-12)
+        metrics = sweep_run_metrics(tmp_path, i)
+        assert [m["epoch"] for m in metrics] == [1, 2, 3]
+        assert metrics[-1]["val_accuracy"] == pytest.approx(rows[i]["val_accuracy"], abs=1e-12)
+        assert metrics[-1]["val_loss"] == pytest.approx(again["validation_loss"], rel=1e-9)
+    best = evaluate_run(tmp_path, run=1, best=True)
+    assert best["epoch"] == rows[1]["best_epoch"]
+    assert best["test_accuracy"] == pytest.approx(rows[1]["test_accuracy"], abs=1e-12)
+    with pytest.raises(FileNotFoundError, match="select_best=false"):
+        evaluate_run(tmp_path, run=6, best=True)
+    for run in (None, 8):
+        with pytest.raises(ConfigError, match="holds a sweep of 8 runs: choose one with --run"):
+            evaluate_run(tmp_path, run=run)
+    assert main(["plot", str(tmp_path), "--run", "6"]) == 0
+    assert (tmp_path / "run-6" / "figures" / "training_curves.png").is_file()
 
 
 def test_an_interrupted_sweep_keeps_its_epochs_and_resumes_exactly(tmp_path, monkeypatch, after_busy_device):

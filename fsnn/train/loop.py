@@ -774,13 +774,20 @@ def _progress(total: int, initial: int, quiet: bool):
     return tqdm(total=total, initial=initial, unit="epoch", dynamic_ncols=True)
 
 
-def restore_run(workdir: str | Path, *, best: bool = False) -> tuple[Config, Trainer, TrainState]:
+def restore_run(
+    workdir: str | Path, *, best: bool = False, run: int | None = None
+) -> tuple[Config, Trainer, TrainState]:
     """The config, a trainer and the latest checkpointed state of a run directory.
 
     ``best``: the best-validation state instead, which runs with ``select_best`` keep in
-    ``workdir/best`` as they go (so an interrupted run has one too).
+    ``workdir/best`` as they go (so an interrupted run has one too). A sweep directory needs
+    ``run``, the index of one of its runs (`fsnn.train.sweep.restore_sweep_run`).
     """
     workdir = Path(workdir)
+    if run is not None or (workdir / "configs.json").is_file():
+        from fsnn.train.sweep import restore_sweep_run
+
+        return restore_sweep_run(workdir, run, best=best)
     config_file = workdir / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file} not found: is {workdir} a run directory written by `fsnn train`?")
@@ -797,10 +804,12 @@ def restore_run(workdir: str | Path, *, best: bool = False) -> tuple[Config, Tra
     return config, trainer, state
 
 
-def evaluate_run(workdir: str | Path, *, data_dir: str | Path | None = None, best: bool = False) -> dict[str, Any]:
+def evaluate_run(
+    workdir: str | Path, *, data_dir: str | Path | None = None, best: bool = False, run: int | None = None
+) -> dict[str, Any]:
     """Re-evaluate the latest (or, with ``best``, the best-validation) checkpoint of a run directory
-    on its validation and test sets."""
-    config, trainer, state = restore_run(workdir, best=best)
+    (of run ``run`` of a sweep directory) on its validation and test sets."""
+    config, trainer, state = restore_run(workdir, best=best, run=run)
     data = load_data(config, data_dir)
     out = {"epoch": int(state.epoch)}
     for split in ("validation", "test"):

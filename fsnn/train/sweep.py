@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import itertools
 import json
+import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -47,7 +48,7 @@ from fsnn.train.loop import (
     wait_for,
 )
 
-__all__ = ["expand_grid", "group_key", "sweep", "summarize", "format_summary"]
+__all__ = ["expand_grid", "group_key", "sweep", "summarize", "format_summary", "restore_sweep_run", "sweep_run_metrics"]
 
 # keys handled outside the compiled program (per run, or not at all in a sweep)
 _HOST_SIDE = ("name", "checkpoint_every", "select_best", "substrate_tau_us")
@@ -84,6 +85,27 @@ def group_key(config: Config) -> str:
         "quantized": config.substrate_weight_bits is not None,
     }
     return json.dumps(fixed, sort_keys=True)
+
+
+def _groups(configs: list[Config]) -> list[list[int]]:
+    """The indices of ``configs`` by compiled program (group ``G``), in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for i, config in enumerate(configs):
+        groups.setdefault(group_key(config), []).append(i)
+    return list(groups.values())
+
+
+def _initial_runs(trainer: Trainer, configs: list[Config]) -> tuple[dict, TrainState]:
+    """The stacked hyperparameters and initial states of one group's ``configs``."""
+    hps = _stack([hyperparameters(c) for c in configs])
+    normals = _stack([standard_normal_kernels(c) for c in configs])
+    return hps, jax.vmap(trainer.init_state)(hps, normals)
+
+
+def _snapshot(runs, best_params, best_val, best_epoch, *, n: int, config: Config) -> dict[str, Any]:
+    """What a group's checkpoint holds: the ``n`` real runs' states and best-validation weights."""
+    best = {"best_val": np.asarray(best_val, config.dtype), "best_epoch": np.asarray(best_epoch, np.int32)}
+    return {"runs": _first(runs, n), "best_params": _first(best_params, n), **best}
 
 
 def _stack(trees: list) -> Any:
@@ -189,18 +211,13 @@ def _train_group(
     trainer, train_epoch, evaluators = _programs(first, mesh)
     evaluate = evaluators[first.in_the_loop]
     n = len(configs)
-    hps = _stack([hyperparameters(c) for c in configs])
-    normals = _stack([standard_normal_kernels(c) for c in configs])
-    runs = jax.vmap(trainer.init_state)(hps, normals)
+    hps, runs = _initial_runs(trainer, configs)
     data = load_data(first, data_dir)
     if mesh is not None:
         data = jax.device_put(data, NamedSharding(mesh, PartitionSpec()))
     (x_train, y_train), (x_val, y_val) = data["train"], data["validation"]
     best_val, best_epoch, best_params = np.full(n, -1.0), np.zeros(n, np.int64), runs.params
-
-    def snapshot(runs, best_params, best_val, best_epoch) -> dict[str, Any]:  # what a checkpoint holds
-        best = {"best_val": np.asarray(best_val, x_train.dtype), "best_epoch": np.asarray(best_epoch, np.int32)}
-        return {"runs": _first(runs, n), "best_params": _first(best_params, n), **best}
+    snapshot = functools.partial(_snapshot, n=n, config=first)
 
     if ckpt_dir is not None and checkpoint.latest_epoch(ckpt_dir) is not None:
         saved = checkpoint.restore_latest(ckpt_dir, snapshot(runs, best_params, best_val, best_epoch))
@@ -227,7 +244,8 @@ def _train_group(
                 best_params = jax.tree.map(keep_better, runs.params, best_params)
             best_epoch = np.where(better, epoch + 1, best_epoch)
             best_val = np.maximum(best_val, val_accuracy)
-            log({"epoch": epoch + 1, **_to_python(_first(summary, n)), "val_accuracy": val_accuracy.tolist()})
+            row = {**summary, "val_loss": val["loss"], "val_silent_fraction": val["silent_fraction"]}
+            log({"epoch": epoch + 1, **_to_python(_first(row, n)), "val_accuracy": val_accuracy.tolist()})
             logged = runs, best_params, best_val, best_epoch
             last = epoch + 1 == first.epochs
             if ckpt_dir is not None and (
@@ -335,16 +353,13 @@ def sweep(
     mesh = _runs_mesh(devices)
     base = base or configs[0]
     keys = _swept_keys(configs, base)
-    groups: dict[str, list[int]] = {}
-    for i, config in enumerate(configs):
-        groups.setdefault(group_key(config), []).append(i)
     workdir = Path(workdir) if workdir is not None else None
     with contextlib.nullcontext() if workdir is None else claim_workdir(workdir):  # one sweep per workdir
         if workdir is not None:
             _prepare_workdir(workdir, configs, resume)
         rows: list[dict[str, Any]] = [{} for _ in configs]
         states: list[Any] = [None] * len(configs)
-        for g, indices in enumerate(groups.values()):
+        for g, indices in enumerate(_groups(configs)):
 
             def log(row, g=g):
                 if workdir is not None:
@@ -369,6 +384,67 @@ def sweep(
             report = {"base": dataclasses.asdict(base), "runs": rows, "summary": summarize(rows)}
             (workdir / "sweep.json").write_text(json.dumps(report, indent=2))
         return rows, states
+
+
+def _run_of(workdir: Path, run: int | None) -> tuple[list[Config], int, list[int]]:
+    """The configs of the sweep in ``workdir``, and the group of ``run`` with its runs' indices."""
+    configs_file = workdir / "configs.json"
+    if not configs_file.is_file():
+        if (workdir / "config.json").is_file():
+            raise ConfigError(f"{workdir} holds one run of `fsnn train`, not a sweep: leave out --run.")
+        raise FileNotFoundError(f"{configs_file} not found: is {workdir} a sweep directory written by `fsnn sweep`?")
+    configs = [Config.from_dict(d) for d in json.loads(configs_file.read_text())]
+    if run is None or not 0 <= run < len(configs):
+        raise ConfigError(
+            f"{workdir} holds a sweep of {len(configs)} runs: choose one with --run I, 0 <= I < {len(configs)} "
+            f"(the `run` of its row in sweep.json); got {run}."
+        )
+    g, indices = next((g, indices) for g, indices in enumerate(_groups(configs)) if run in indices)
+    return configs, g, indices
+
+
+def restore_sweep_run(
+    workdir: str | Path, run: int | None, *, best: bool = False
+) -> tuple[Config, Trainer, TrainState]:
+    """The config, a trainer and the latest checkpointed state of run ``run`` of a sweep directory
+    (its index in ``configs.json``, the ``run`` of its row in ``sweep.json``).
+
+    ``best``: its best-validation weights and epoch instead (runs with ``select_best``); the
+    optimizer state stays the latest.
+    """
+    workdir = Path(workdir)
+    configs, g, indices = _run_of(workdir, run)
+    config = configs[run]
+    if best and not config.select_best:
+        raise FileNotFoundError(
+            f"run {run} of {workdir} has `select_best=false`, so the sweep kept no best-validation weights "
+            "for it; evaluate its latest checkpoint instead (without --best)."
+        )
+    _enable_dtype(config)
+    trainer = Trainer(config)
+    group = [configs[i] for i in indices]
+    _, runs = _initial_runs(trainer, group)
+    like = _snapshot(runs, runs.params, np.zeros(len(group)), np.zeros(len(group)), n=len(group), config=config)
+    saved = checkpoint.restore_latest(workdir / "checkpoints" / f"group-{g}", like)
+    j = indices.index(run)
+    state = _unstack(saved["runs"], j)
+    if best:
+        state = state._replace(params=_unstack(saved["best_params"], j), epoch=jnp.asarray(saved["best_epoch"][j]))
+    return config, trainer, state
+
+
+def sweep_run_metrics(workdir: str | Path, run: int | None) -> list[dict[str, Any]]:
+    """The per-epoch metrics of run ``run`` of a sweep directory, as ``fsnn train`` writes them."""
+    workdir = Path(workdir)
+    _, g, indices = _run_of(workdir, run)
+    j = indices.index(run)
+    rows = []
+    for line in (workdir / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line) if line.strip() else {}
+        if row.get("group") == g:
+            per_run = {k: v[j] for k, v in row.items() if k not in ("group", "epoch")}
+            rows.append({"epoch": row["epoch"], "val_loss": math.nan, **per_run})  # older sweeps logged none
+    return rows
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
