@@ -716,7 +716,7 @@ def _train_and_evaluate(
 
     test = trainer.evaluate(state.params, *data["test"])
     if val is None:  # nothing trained in this call (resumed at the last epoch)
-        val = wait_for(trainer.evaluate(state.params, x_val, y_val))
+        val = trainer.evaluate(state.params, x_val, y_val)
     epochs_run = config.epochs - start_epoch
     chosen = {"final_test_accuracy": float(test["accuracy"])}
     reported = state  # the weights whose test results (and figures) are reported
