@@ -166,6 +166,8 @@ def test_an_interrupt_before_the_first_epoch_ends_says_nothing_is_saved(tmp_path
     assert capsys.readouterr().err.strip() == (
         "fsnn: interrupted; no epoch had ended, nothing is checkpointed: the same command starts the run again."
     )
+    assert main(["eval", str(workdir)]) == 2
+    assert "checkpoints: its run has saved none yet" in capsys.readouterr().err
     assert not (workdir / "checkpoints").exists()
     monkeypatch.undo()  # and so it does
     assert main([*argv, "--epochs", "1"]) == 0

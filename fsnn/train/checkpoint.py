@@ -78,10 +78,16 @@ def restore_latest(directory: Path, like: T) -> T:
     the fresh state compiled, not compile it again.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    none = FileNotFoundError(
+        f"no checkpoint in {directory}: its run has saved none yet (runs save every `checkpoint_every` "
+        "epochs, at their end and when interrupted after an epoch)."
+    )
+    if not Path(directory).is_dir():  # (the manager would create it)
+        raise none
     with _manager(directory) as manager:
         step = manager.latest_step()
         if step is None:
-            raise FileNotFoundError(f"no checkpoint in {directory}; start without --resume.")
+            raise none
         folder = Path(manager.directory) / str(step)
         before = [s for s in manager.all_steps() if s < step]
         fix = (
