@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
+from typing import NoReturn
 
 __all__ = ["main"]
 
@@ -254,5 +256,17 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def run() -> NoReturn:
+    """The `fsnn` command: `main`, then exit with its status. After an interrupted training (130),
+    once the epochs done are saved and the message is out, the process ends at once instead of
+    waiting for the device to finish the abandoned epoch's computation (minutes for a long epoch)."""
+    status = main()
+    if status == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
