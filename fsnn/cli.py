@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import NoReturn
 
-__all__ = ["main"]
+__all__ = ["main", "run"]
 
 DATA_DIR_HELP = (
     "folder with one subfolder of original files per image dataset (mnist/, fashion_mnist/); "
