@@ -73,6 +73,23 @@ def test_sweep_resumes_exactly_and_is_never_overwritten(tmp_path):
     assert _programs(long[0]).train_epoch._cache_size() == compiled  # resumed states reuse the program
 
 
+def test_a_sweep_and_a_run_never_share_a_workdir(tmp_path):
+    # each would overwrite the other's metrics.jsonl and mix checkpoints
+    from fsnn.train.loop import train_and_evaluate
+
+    jax.config.update("jax_enable_x64", True)
+    config = dataclasses.replace(BASE, epochs=1)
+    train_and_evaluate(config, tmp_path / "run", quiet=True, figures=False)
+    sweep([config], tmp_path / "sweep", quiet=True)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != ".lock"}
+    for resume in (False, True):
+        with pytest.raises(ConfigError, match="holds a run of `fsnn train`, not a sweep"):
+            sweep([config], tmp_path / "run", quiet=True, resume=resume)
+        with pytest.raises(ConfigError, match="holds a sweep .*, not a run"):
+            train_and_evaluate(config, tmp_path / "sweep", resume=resume, quiet=True, figures=False)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != ".lock"} == before
+
+
 def test_a_swept_run_is_evaluated_and_plotted_like_a_trained_one(tmp_path):
     # `fsnn eval/plot WORKDIR --run I`: the run's own state, metrics and (with --best) best weights
     jax.config.update("jax_enable_x64", True)

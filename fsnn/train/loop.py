@@ -646,6 +646,11 @@ def _train_and_evaluate(
     config = trainer.config
     ckpt_dir = workdir / "checkpoints"
     config_file, metrics_file = workdir / "config.json", workdir / "metrics.jsonl"
+    if (workdir / "configs.json").exists():
+        raise ConfigError(
+            f"`workdir` {workdir} holds a sweep (`fsnn sweep`), not a run: choose a new --workdir "
+            f"(a run of the sweep is `fsnn eval/plot {workdir} --run I`)."
+        )
     has_run = ckpt_dir.exists() and any(ckpt_dir.iterdir())
     if has_run and not resume:
         raise ConfigError(

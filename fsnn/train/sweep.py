@@ -301,6 +301,8 @@ def _prepare_workdir(workdir: Path, configs: list[Config], resume: bool) -> None
     """Check ``workdir`` against ``configs`` (never overwrite; resume only the same sweep), write
     ``configs.json`` and keep the metrics lines of the epochs each group's checkpoint holds."""
     configs_file, metrics_file = workdir / "configs.json", workdir / "metrics.jsonl"
+    if (workdir / "config.json").exists():
+        raise ConfigError(f"`workdir` {workdir} holds a run of `fsnn train`, not a sweep: choose a new --workdir.")
     if (configs_file.exists() or (workdir / "sweep.json").exists()) and not resume:
         raise ConfigError(
             f"`workdir` {workdir} already holds a sweep; pass --resume to continue it or choose a new --workdir."
