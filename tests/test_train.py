@@ -133,6 +133,18 @@ def test_workdir_is_never_overwritten(tmp_path):
     assert (tmp_path / "metrics.jsonl").read_text() == before
 
 
+def test_a_workdir_that_cannot_be_a_folder_is_one_clear_error(tmp_path):
+    from fsnn.train.sweep import sweep
+
+    not_a_folder = tmp_path / "notes.txt"
+    not_a_folder.write_text("mine")
+    with pytest.raises(ValueError, match="cannot use `workdir` .*notes.txt \\(File exists\\); choose another"):
+        train_and_evaluate(dataclasses.replace(TINY, epochs=1), not_a_folder, quiet=True)
+    with pytest.raises(ValueError, match="cannot use `workdir`"):
+        sweep([dataclasses.replace(TINY, epochs=1)], not_a_folder / "sweep", quiet=True)
+    assert not_a_folder.read_text() == "mine"
+
+
 def test_a_workdir_in_use_is_refused_until_its_process_ends(tmp_path):
     # The same command started twice: the second must fail at once, before it writes anything,
     # not write over the running first's config, metrics and checkpoints.

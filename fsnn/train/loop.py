@@ -630,6 +630,10 @@ def claim_workdir(workdir: Path) -> contextlib.AbstractContextManager[None]:
     """
     if jax.process_index() != 0:
         return contextlib.nullcontext()
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file of that name, no permission, a read-only filesystem
+        raise ConfigError(f"cannot use `workdir` {workdir} ({err.strerror}); choose another --workdir.") from None
 
     def busy(pid: str) -> ConfigError:
         return ConfigError(
