@@ -120,6 +120,10 @@ def run_benchmarks(
         raise ConfigError(f"--networks: unknown {sorted(unknown)}; known: {', '.join(NETWORKS)}.")
     if set(dtypes) - set(DTYPES):
         raise ConfigError(f"--dtypes: unknown {sorted(set(dtypes) - set(DTYPES))}; known: {', '.join(DTYPES)}.")
+    counts = {"large_batch": large_batch, "steps": steps, "repeats": repeats, "inference_batch": inference_batch}
+    for key, value in counts.items():
+        if value is not None and not (isinstance(value, int) and value >= 1):
+            raise ConfigError(f"--{key.replace('_', '-')} (`{key}`) must be a positive integer; got {value}.")
     rows = []
     for dtype in dtypes:
         if dtype == "float64" and not jax.config.jax_enable_x64:

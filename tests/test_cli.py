@@ -78,6 +78,10 @@ def test_bench_prints_a_table_and_writes_json(tmp_path, capsys):
     for key in ("train_samples_per_s", "train_large_samples_per_s", "inference_images_per_s", "compile_seconds"):
         assert row[key] > 0
     assert main(["bench", "--networks", "resnet"]) == 2  # unknown network: one clear error
+    for option in ("--large-batch", "--inference-batch", "--steps", "--repeats"):
+        capsys.readouterr()
+        assert main(["bench", option, "0"]) == 2
+        assert f"fsnn: error: {option} (`" in capsys.readouterr().err
 
 
 def test_more_devices_than_visible_is_a_clear_error(tmp_path, capsys):
