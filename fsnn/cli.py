@@ -71,12 +71,20 @@ def _parse_grid(items: list[str]) -> dict[str, list]:
     """``key=v1,v2,...`` -> ``{key: [v1, v2, ...]}``; values may be Python literals (tuples too)."""
     import ast
 
+    from fsnn.train.config import ConfigError
+
+    keys = [item.partition("=")[0].strip() for item in items]
+    for key in keys:
+        if keys.count(key) > 1:  # the last would silently win: one value list per key
+            raise ConfigError(f"--set {key} is given {keys.count(key)} times; list its values once: --set {key}=a,b.")
     grid = {}
     for key, raw in _parse_sets(items).items():
         try:
             values = ast.literal_eval(f"[{raw}]")
         except (ValueError, SyntaxError):  # bare words, e.g. loss=ttfs,mse
             values = [v.strip() for v in raw.split(",")]
+        if not values:
+            raise ConfigError(f"--set {key}= lists no values; give one or more, comma-separated: --set {key}=a,b.")
         grid[key] = values
     return grid
 

@@ -206,6 +206,8 @@ def test_select_best_in_a_sweep_reports_the_best_validation_epoch():
         (["--set", "no_such_key=1,2"], "unknown config key"),
         (["--seeds", "0"], "--seeds"),
         (["--devices", "-1"], "--devices must be 0 (all) or 1.."),
+        (["--set", "xi=0.2", "--set", "xi=0.3"], "--set xi is given 2 times; list its values once"),
+        (["--set", "xi="], "--set xi= lists no values"),
     ],
 )
 def test_sweep_errors_name_the_problem(argv, message, capsys):
