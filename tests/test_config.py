@@ -58,6 +58,9 @@ def test_overrides_parse_types():
         ("adam_b2", "1", r"`adam_b2` is a decay rate in \[0, 1\)"),
         ("adam_b1", "-0.5", "`adam_b1` is a decay rate"),
         ("bump_value", "0", "`bump_value` must be > 0 with `weight_bumping`"),
+        ("seed", str(2**31), r"`seed` must be a 32-bit integer, -2\*\*31 \.\. 2\*\*31 - 1; got 2147483648\."),
+        ("seed", "-99999999999999999999", "`seed` must be a 32-bit integer"),
+        ("substrate_seed", str(2**40), "`substrate_seed` must be a 32-bit integer"),
     ],
 )
 def test_bad_values_fail_with_the_key_named(key, value, match):

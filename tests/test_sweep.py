@@ -208,6 +208,7 @@ def test_select_best_in_a_sweep_reports_the_best_validation_epoch():
         (["--devices", "-1"], "--devices must be 0 (all) or 1.."),
         (["--set", "xi=0.2", "--set", "xi=0.3"], "--set xi is given 2 times; list its values once"),
         (["--set", "xi="], "--set xi= lists no values"),
+        (["--seed", str(2**31 - 2), "--seeds", "3"], "reaches seed 2147483648, past the largest, 2**31 - 1; start at"),
     ],
 )
 def test_sweep_errors_name_the_problem(argv, message, capsys):

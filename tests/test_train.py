@@ -13,7 +13,7 @@ import pytest
 
 from fsnn import xla
 from fsnn.train import Config, ConfigError, apply_overrides, checkpoint, load_config
-from fsnn.train.loop import NEURON_FLOOR, Trainer, evaluate_run, load_data, train_and_evaluate
+from fsnn.train.loop import NEURON_FLOOR, Trainer, evaluate_run, hyperparameters, load_data, train_and_evaluate
 from fsnn.train.sweep import sweep
 
 TINY = Config(hidden=(16,), train_size=300, eval_size=150, epochs=2, batch_size=64, checkpoint_every=1)
@@ -61,6 +61,31 @@ def test_epoch_compiles_once():
     assert trainer.jit_train_epoch._cache_size() == 1
     assert int(state.epoch) == 2
     assert np.isfinite(float(metrics["train_loss"]))
+
+
+def test_a_batch_larger_than_the_training_set_is_the_whole_set():
+    """No padding to `batch_size`: the step sees the 300 samples (and their noise) as batch_size=300 does."""
+    noisy = dataclasses.replace(TINY, input_noise=0.1)
+    data = load_data(noisy)
+
+    def kernel(batch_size):
+        trainer = Trainer(dataclasses.replace(noisy, batch_size=batch_size))
+        state, metrics = trainer.train_epoch(trainer.init_state(), *data["train"])
+        return np.asarray(state.params["layers"][0]["kernel"]), float(metrics["train_loss"])
+
+    exact, loss = kernel(300)
+    for huge in (10**9, 10**20):
+        np.testing.assert_array_equal(kernel(huge)[0], exact)
+    assert np.isfinite(loss)
+
+
+def test_the_largest_seeds_train_and_a_never_reached_lr_step_is_fine():
+    config = apply_overrides(TINY, {"seed": str(2**31 - 1), "substrate_seed": str(-(2**31)), "lr_step": str(10**20)})
+    hp = hyperparameters(config)
+    assert (int(hp["seed"]), int(hp["substrate"]["seed"]), int(hp["lr_step"])) == (2**31 - 1, -(2**31), 2**31 - 1)
+    trainer = Trainer(config)
+    state, metrics = trainer.train_epoch(trainer.init_state(), *load_data(config)["train"])
+    assert np.isfinite(float(metrics["train_loss"])) and metrics["learning_rate"] == np.float32(config.learning_rate)
 
 
 def test_same_seed_same_result_and_exact_resume(tmp_path):

@@ -87,7 +87,7 @@ class Config:
     # is exactly 0 (silent neurons), which hypergradients through training need; below float32's
     # resolution of any nonzero second moment, so ordinary training is unaffected
     adam_eps_root: float = 1e-20
-    batch_size: int = 150
+    batch_size: int = 150  # larger than the training set: one batch of the whole set
     eval_batch_size: int = 200
     epochs: int = 300
     input_noise: float = 0.0
@@ -130,7 +130,7 @@ class Config:
     # data parallelism: batches sharded over this many devices (0 = all visible), parameters replicated
     devices: int = 1
     # bookkeeping
-    seed: int = 0
+    seed: int = 0  # a 32-bit integer, as is substrate_seed
     checkpoint_every: int = 50
 
     def __post_init__(self):
@@ -192,6 +192,9 @@ class Config:
         for key in ("train_size", "eval_size", "checkpoint_every", "devices"):
             if getattr(self, key) < 0:
                 bad(key, f"must be >= 0; got {getattr(self, key)}.")
+        for key in ("seed", "substrate_seed"):  # JAX keys are made from 32-bit seeds
+            if not -(2**31) <= getattr(self, key) < 2**31:
+                bad(key, f"must be a 32-bit integer, -2**31 .. 2**31 - 1; got {getattr(self, key)}.")
         if any(h < 1 for h in self.hidden):
             bad("hidden", f"sizes must be positive integers; got {self.hidden}.")
         for key in ("tau_m", "tau_s", "g_leak", "learning_rate", "xi", "beta", "lr_gamma"):

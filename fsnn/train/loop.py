@@ -137,7 +137,7 @@ def hyperparameters(config: Config) -> dict[str, Any]:
         "init": arr(config.init),
         "learning_rate": arr(config.learning_rate),
         "neuron_lr_scale": arr(config.neuron_lr_scale),
-        "lr_step": jnp.asarray(config.lr_step, jnp.int32),
+        "lr_step": jnp.asarray(min(config.lr_step, 2**31 - 1), jnp.int32),  # a larger one never decays either
         "lr_gamma": arr(config.lr_gamma),
         "xi": arr(config.xi),
         "alpha": arr(config.alpha),
@@ -469,7 +469,8 @@ class Trainer:
 
     def _batch_plan(self, key: jax.Array, n: int):
         """Shuffled sample indices ``[n_batches, batch]``, their validity mask and one key per batch."""
-        batch = self.config.batch_size
+        # A batch larger than the split is the whole split (rounded up to whole devices), not padding.
+        batch = min(self.config.batch_size, -(-n // self.n_devices) * self.n_devices)
         n_batches = math.ceil(n / batch)
         perm_key, noise_key = jax.random.split(key)
         perm = jax.random.permutation(perm_key, n)

@@ -64,6 +64,11 @@ def expand_grid(base: Config, seeds: int, grid: dict[str, Sequence[Any]]) -> lis
         raise ConfigError(f"--seeds must be >= 1; got {seeds}.")
     if "seed" in grid:
         raise ConfigError("sweep the seed with --seeds N (seeds base.seed .. base.seed + N - 1), not --set seed=...")
+    if base.seed + seeds > 2**31:
+        raise ConfigError(
+            f"--seeds {seeds} from seed {base.seed} reaches seed {base.seed + seeds - 1}, past the largest, "
+            f"2**31 - 1; start at --seed {2**31 - seeds} or lower."
+        )
     configs = []
     for combo in itertools.product(*grid.values()):
         setting = apply_overrides(base, dict(zip(grid, combo)))
