@@ -158,19 +158,26 @@ def _bench(args) -> int:
     return 0
 
 
+def _path(text: str) -> str:
+    """A path argument, not empty: ``--workdir ""`` would silently mean the default, ``eval ""`` the cwd."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty (an unset shell variable?); give a path")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fsnn", description="Single-spike networks with exact spike-time gradients.")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train an experiment config")
     train.add_argument("experiment", help="a config name under experiments/ (e.g. yinyang) or a path to a .py file")
-    train.add_argument("--workdir", help="where config, metrics, checkpoints and results go")
+    train.add_argument("--workdir", type=_path, help="where config, metrics, checkpoints and results go")
     train.add_argument("--seed", type=int)
     train.add_argument("--epochs", type=int)
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     train.add_argument("--resume", action="store_true", help="continue the run in --workdir from its last checkpoint")
     train.add_argument("--smoke", action="store_true", help="use the experiment's small smoke config")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.add_argument("--data-dir", help=DATA_DIR_HELP)
+    train.add_argument("--data-dir", type=_path, help=DATA_DIR_HELP)
     train.add_argument("--no-figures", action="store_true", help="skip the figures at the end")
     train.add_argument("--devices", type=int, help="data-parallel over this many devices (0 = all visible)")
     train.add_argument(
@@ -185,11 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=V1,V2,...", help="values of a config key to sweep"
     )
     sw.add_argument("--epochs", type=int)
-    sw.add_argument("--workdir", help="where configs.json, metrics.jsonl, checkpoints/ and sweep.json go")
+    sw.add_argument("--workdir", type=_path, help="where configs.json, metrics.jsonl, checkpoints/ and sweep.json go")
     sw.add_argument("--resume", action="store_true", help="continue the sweep in --workdir from its checkpoints")
     sw.add_argument("--smoke", action="store_true", help="use the experiment's small smoke config")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
-    sw.add_argument("--data-dir", help=DATA_DIR_HELP)
+    sw.add_argument("--data-dir", type=_path, help=DATA_DIR_HELP)
     sw.add_argument(
         "--devices",
         type=int,
@@ -198,8 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sw.set_defaults(func=_sweep)
     ev = sub.add_parser("eval", help="re-evaluate a saved run on its validation and test sets")
-    ev.add_argument("workdir")
-    ev.add_argument("--data-dir", help=DATA_DIR_HELP)
+    ev.add_argument("workdir", type=_path)
+    ev.add_argument("--data-dir", type=_path, help=DATA_DIR_HELP)
     ev.add_argument(
         "--best",
         action="store_true",
@@ -210,8 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_eval)
     plot_help = "draw every standard figure of a run into WORKDIR/figures (of a sweep's run: WORKDIR/run-I/figures)"
     plot = sub.add_parser("plot", help=plot_help)
-    plot.add_argument("workdir")
-    plot.add_argument("--data-dir", help=DATA_DIR_HELP)
+    plot.add_argument("workdir", type=_path)
+    plot.add_argument("--data-dir", type=_path, help=DATA_DIR_HELP)
     plot.add_argument("--run", type=int, help=run_help)
     plot.set_defaults(func=_plot)
     bench = sub.add_parser("bench", help="training / inference throughput, compile time and memory")
@@ -221,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--inference-batch", type=int, help="batch of the inference column (default: --large-batch)")
     bench.add_argument("--steps", type=int, default=4, help="training steps per timed call")
     bench.add_argument("--repeats", type=int, default=5)
-    bench.add_argument("--json", help="also write the report as JSON to this file")
+    bench.add_argument("--json", type=_path, help="also write the report as JSON to this file")
     bench.set_defaults(func=_bench)
     return parser
 

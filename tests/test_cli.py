@@ -52,6 +52,27 @@ def test_errors_are_one_clear_line(args, message, capsys):
     assert message in err and err.startswith("fsnn: error:")
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "yinyang", "--workdir", ""],
+        ["sweep", "yinyang", "--workdir", " "],
+        ["train", "mnist", "--data-dir", ""],
+        ["eval", ""],
+        ["plot", "", "--run", "0"],
+        ["bench", "--json", ""],
+    ],
+)
+def test_an_empty_path_is_refused_not_taken_for_the_default(args, tmp_path, capsys, monkeypatch):
+    """`--workdir "$UNSET"` must not train into runs/NAME-seedS (nor eval "." or skip the JSON)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    assert "is empty (an unset shell variable?); give a path" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_missing_image_data_is_one_clear_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "prepared"))
     empty = tmp_path / "data"
