@@ -116,6 +116,7 @@ class SpikingDense(nnx.Module):
         """
         if self.neuron_learned:
             raise ValueError("`batch` trains weights only; a layer with learned neuron parameters needs `__call__`.")
+        input_times = self._checked(input_times)  # the batch's shape in the message
         kernel = self.kernel[...]
         if input_scale != 1.0:
             kernel = kernel.at[: self.in_features].multiply(input_scale)
@@ -128,9 +129,17 @@ class SpikingDense(nnx.Module):
             drop_counter=drop_counter,
         )
 
+    def _checked(self, input_times: ArrayLike) -> Array:
+        """``input_times`` (one sample or a batch) in the parameters' dtype; its last axis must be the inputs."""
+        input_times = jnp.asarray(input_times, self.kernel[...].dtype)
+        if input_times.shape[-1:] != (self.in_features,):
+            shape = input_times.shape
+            raise ValueError(f"`input_times` must end in in_features = {self.in_features}; got shape {shape}.")
+        return input_times
+
     def with_bias(self, input_times: Float[Array, " n_in"]) -> Float[Array, " n_rows"]:
         """``input_times`` in the parameters' dtype with the bias spikes appended (one per kernel row)."""
-        input_times = jnp.asarray(input_times, self.kernel[...].dtype)
+        input_times = self._checked(input_times)
         if self.bias_times:
             input_times = jnp.concatenate([input_times, jnp.asarray(self.bias_times, input_times.dtype)])
         return input_times

@@ -1,5 +1,7 @@
 """fsnn.nn: the nnx modules hold parameters and call the core."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,6 +56,12 @@ def test_errors():
         SpikingDense(2, 2, init_mean=0, init_std=1, trainable=("tau",), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="`init`"):
         SpikingNetwork(4, (8, 3), init=((1.0, 1.0),), rngs=nnx.Rngs(0))
+    net = SpikingNetwork(4, (8, 3), init=((1.0, 1.0), (1.0, 1.0)), rngs=nnx.Rngs(0))
+    for call in (net, net.batch):  # the input, not the kernel with its bias rows, is named
+        shape = (2, 5) if call == net.batch else (5,)
+        message = f"`input_times` must end in in_features = 4; got shape {shape}."
+        with pytest.raises(ValueError, match=re.escape(message)):
+            call(jnp.ones(shape))
 
 
 def test_dropout_removes_hidden_spikes_and_scales_the_next_layer():
