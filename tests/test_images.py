@@ -280,3 +280,6 @@ def test_encode_16_crops_resizes_and_silences_background():
         encode_images(images, size=20)
     with pytest.raises(ValueError, match="28, 28"):
         encode_images(np.zeros((2, 16, 16), np.uint8))
+    for t_early, t_late in ((2.0, 0.15), (0.5, 0.5), (-0.1, 2.0), (0.15, np.inf)):
+        with pytest.raises(ValueError, match=r"0 <= `t_early` < `t_late` \(finite\)"):
+            encode_images(images, t_early=t_early, t_late=t_late)

@@ -28,3 +28,17 @@ def test_missing_files_say_where(tmp_path):
         load_published_yinyang(tmp_path)
     with pytest.raises(ValueError, match="`size`"):
         yinyang(-1, 0)
+
+
+@pytest.mark.parametrize("r_small", [0.0, 0.25, 0.6])
+def test_radii_without_room_for_every_class_are_refused(r_small):
+    """The dots lie inside their halves; with 0 or 0.6 a class has no area and sampling never ended."""
+    with pytest.raises(ValueError, match=r"0 < `r_small` < `r_big` / 2; got"):
+        yinyang(5, 0, r_small=r_small)
+
+
+def test_an_unknown_split_name_is_refused():
+    with pytest.raises(
+        ValueError, match=r"unknown splits \['trian'\]; the splits are \['train', 'validation', 'test'\]"
+    ):
+        yinyang_splits({"trian": 10})

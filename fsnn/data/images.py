@@ -371,6 +371,8 @@ def encode_images(images: np.ndarray, *, size: int = 28, t_early: float = 0.15, 
         raise ValueError(f"`images` must have shape [n, 28, 28]; got {images.shape}.")
     if size not in (16, 28):
         raise ValueError(f"`size` must be 28 or 16; got {size}.")
+    if not 0 <= t_early < t_late < np.inf:
+        raise ValueError(f"the code needs 0 <= `t_early` < `t_late` (finite); got {t_early}, {t_late}.")
     out = np.empty((len(images), size * size), np.float32)
     for start in range(0, len(images), _ENCODE_CHUNK):  # NumPy reuses its buffers: no new memory per step
         out[start : start + _ENCODE_CHUNK] = _encode(images[start : start + _ENCODE_CHUNK], size, t_early, t_late)

@@ -37,6 +37,8 @@ def yinyang(size: int, seed: int, *, r_small: float = 0.1, r_big: float = 0.5) -
     """Generate ``size`` samples ``(x, y, 1 - x, 1 - y)`` with balanced classes by rejection."""
     if size < 0:
         raise ValueError(f"`size` must be >= 0; got {size}.")
+    if not 0 < r_small < r_big / 2:  # the design; r_small = 0 or > 1.12 r_big left a class without area
+        raise ValueError(f"the dots must fit their halves: 0 < `r_small` < `r_big` / 2; got {r_small}, {r_big}.")
     rng = np.random.RandomState(seed)
     samples = np.empty((size, 4))
     labels = np.empty(size, np.int64)
@@ -56,6 +58,9 @@ def yinyang(size: int, seed: int, *, r_small: float = 0.1, r_big: float = 0.5) -
 
 def yinyang_splits(sizes: dict[str, int] | None = None) -> dict[str, Split]:
     """The published splits (or the first ``sizes[name]`` samples of those named, for smoke runs)."""
+    unknown = set(sizes or ()) - set(PUBLISHED)
+    if unknown:
+        raise ValueError(f"`sizes` names unknown splits {sorted(unknown)}; the splits are {list(PUBLISHED)}.")
     out = {}
     for name, (size, seed) in PUBLISHED.items():
         n = min(size, int((sizes or {}).get(name, size)))
