@@ -130,6 +130,36 @@ def test_a_damaged_checkpoint_is_named_with_its_fix_and_nothing_is_lost(tmp_path
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
+def test_a_checkpoint_removed_by_a_run_in_progress_while_read_is_not_called_damaged(tmp_path, monkeypatch):
+    """`fsnn eval` of a live run: the run saves two epochs while the reader checks the latest one, and
+    the second save removes it. That read used to fail as "damaged", telling the user to delete a step."""
+    directory = tmp_path / "checkpoints"
+
+    def state(epoch):
+        return (jax.numpy.asarray(epoch, "int32"), jax.numpy.full((8, 8), float(epoch)))
+
+    for epoch in (1, 2):
+        checkpoint.save(directory, state(epoch), step=epoch)
+    digest, saves, saving = checkpoint._digest, [3, 4], []
+
+    def a_live_run_saves_meanwhile(folder):
+        if not saving:  # the reader's check (not the saves' own digests): two epochs end meanwhile
+            saving.append(True)
+            for epoch in saves[:2]:
+                checkpoint.save(directory, state(epoch), step=epoch)
+            del saves[:2], saving[:]
+        return digest(folder)
+
+    monkeypatch.setattr(checkpoint, "_digest", a_live_run_saves_meanwhile)
+    epoch, weights = checkpoint.restore_latest(directory, state(0))
+    assert int(epoch) == 4 and float(weights[0, 0]) == 4.0  # the newer one, read whole
+    assert sorted(p.name for p in directory.iterdir()) == ["3", "4"]
+
+    saves.extend(range(5, 5 + 2 * 20))  # a run saving faster than anything can be read
+    with pytest.raises(checkpoint.CheckpointError, match="changed while being read, 20 times in a row"):
+        checkpoint.restore_latest(directory, state(0))
+
+
 def test_a_damaged_checkpoint_of_older_fsnn_is_named_with_its_fix(tmp_path):
     """Without the digest (checkpoints of older versions) orbax finds the damage."""
     run = tmp_path / "run"

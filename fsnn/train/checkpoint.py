@@ -22,6 +22,7 @@ __all__ = ["CheckpointError", "save", "restore_latest", "latest_epoch"]
 
 T = TypeVar("T")
 _DIGEST = "fsnn_sha256.json"
+_ATTEMPTS = 20  # reads of a folder that a run in progress keeps changing
 
 
 class CheckpointError(RuntimeError):
@@ -70,24 +71,63 @@ def latest_epoch(directory: Path) -> int | None:
         return manager.latest_step()
 
 
+def _step_folders(directory: Path) -> list[str]:
+    """The names of ``directory``'s entries (committed steps and orbax's temporary folders)."""
+    try:
+        return sorted(p.name for p in Path(directory).iterdir())
+    except FileNotFoundError:
+        return []
+
+
 def restore_latest(directory: Path, like: T) -> T:
     """The latest checkpoint, with the structure, shapes and dtypes of ``like``.
 
     Leaves whose ``like`` is an uncommitted array come back uncommitted too (orbax commits them to
     a device): a compiled program keys on commitment, and a resumed run should reuse the program
     the fresh state compiled, not compile it again.
+
+    A run in progress may save a newer checkpoint and remove this one while it is read (``fsnn eval``
+    of a live run): then the newer one is read, and only a checkpoint that fails to read while the
+    folder stays unchanged is reported as damaged.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-    none = FileNotFoundError(
+    if not Path(directory).is_dir():  # (the manager would create it)
+        raise _none_saved(directory)
+    for _ in range(_ATTEMPTS):
+        before = _step_folders(directory)
+        try:
+            restored = _restore_latest(directory, abstract)
+            break
+        except Exception:
+            if _step_folders(directory) == before:
+                raise
+    else:
+        raise CheckpointError(
+            f"the checkpoints in {directory} changed while being read, {_ATTEMPTS} times in a row: a run in "
+            "progress saves them faster than they can be read; try again, or once it has ended."
+        )
+
+    def as_like(value, template):
+        if isinstance(template, jax.Array) and not template.committed and value.is_fully_addressable:
+            return jnp.asarray(np.asarray(value))
+        return value
+
+    return jax.tree.map(as_like, restored, like)
+
+
+def _none_saved(directory: Path) -> FileNotFoundError:
+    return FileNotFoundError(
         f"no checkpoint in {directory}: its run has saved none yet (runs save every `checkpoint_every` "
         "epochs, at their end and when interrupted after an epoch)."
     )
-    if not Path(directory).is_dir():  # (the manager would create it)
-        raise none
+
+
+def _restore_latest(directory: Path, abstract):
+    """One attempt of `restore_latest`: the latest step, its digest checked, restored as ``abstract``."""
     with _manager(directory) as manager:
         step = manager.latest_step()
         if step is None:
-            raise none
+            raise _none_saved(directory)
         folder = Path(manager.directory) / str(step)
         before = [s for s in manager.all_steps() if s < step]
         fix = (
@@ -105,16 +145,9 @@ def restore_latest(directory: Path, like: T) -> T:
             if changed:
                 raise damaged(f"{len(changed)} file(s) differ from when it was saved, e.g. {changed[0]}")
         try:
-            restored = manager.restore(step, args=ocp.args.StandardRestore(abstract))
+            return manager.restore(step, args=ocp.args.StandardRestore(abstract))
         except Exception as err:  # orbax and TensorStore raise many kinds for damaged files
             root = err
             while root.__cause__ is not None:
                 root = root.__cause__
             raise damaged(str(root).strip().splitlines()[0][:300] or type(root).__name__) from err
-
-    def as_like(value, template):
-        if isinstance(template, jax.Array) and not template.committed and value.is_fully_addressable:
-            return jnp.asarray(np.asarray(value))
-        return value
-
-    return jax.tree.map(as_like, restored, like)
