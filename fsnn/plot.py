@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -40,7 +39,9 @@ def read_metrics(workdir: str | Path) -> list[dict]:
     path = Path(workdir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {workdir} a run directory written by `fsnn train`?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from fsnn.train.loop import read_jsonl
+
+    return read_jsonl(path)
 
 
 def training_curves(metrics: Sequence[dict]) -> Figure:

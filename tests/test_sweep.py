@@ -50,6 +50,9 @@ def test_sweep_resumes_exactly_and_is_never_overwritten(tmp_path):
     straight_rows, straight = sweep(long, tmp_path / "a", quiet=True)
     compiled = _programs(long[0]).train_epoch._cache_size()  # (earlier tests may have added others)
     sweep(short, tmp_path / "b", quiet=True)  # "interrupted" after one epoch
+    with (tmp_path / "b" / "metrics.jsonl").open("a") as f:
+        f.write('{"group": 0, "epo')  # killed while it wrote the next row
+    assert [row["epoch"] for row in sweep_run_metrics(tmp_path / "b", 0)] == [1]
     with pytest.raises(ConfigError, match="--resume"):
         sweep(long, tmp_path / "b", quiet=True)
     with pytest.raises(ConfigError, match="different runs"):

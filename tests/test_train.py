@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from fsnn import xla
+from fsnn.plot import read_metrics
 from fsnn.train import Config, ConfigError, apply_overrides, checkpoint, load_config
 from fsnn.train.loop import NEURON_FLOOR, Trainer, evaluate_run, hyperparameters, load_data, train_and_evaluate
 from fsnn.train.sweep import sweep
@@ -94,6 +95,9 @@ def test_same_seed_same_result_and_exact_resume(tmp_path):
     saved = json.loads((tmp_path / "b" / "config.json").read_text())
     del saved["select_best"]  # a run written before this key existed resumes with its default
     (tmp_path / "b" / "config.json").write_text(json.dumps(saved))
+    with (tmp_path / "b" / "metrics.jsonl").open("a") as f:
+        f.write('{"epoch": 2, "train_lo')  # the process was killed while it wrote epoch 2's row
+    assert [row["epoch"] for row in read_metrics(tmp_path / "b")] == [1]
     resumed = train_and_evaluate(dataclasses.replace(TINY, epochs=3), tmp_path / "b", resume=True, quiet=True)
     like = Trainer(TINY).init_state()
     a = checkpoint.restore_latest(tmp_path / "a" / "checkpoints", like)

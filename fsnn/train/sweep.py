@@ -43,6 +43,7 @@ from fsnn.train.loop import (
     claim_workdir,
     hyperparameters,
     load_data,
+    read_jsonl,
     resolved_solver,
     standard_normal_kernels,
     wait_for,
@@ -328,9 +329,9 @@ def _prepare_workdir(workdir: Path, configs: list[Config], resume: bool) -> None
             done[int(ckpt.name.split("-")[1])] = checkpoint.latest_epoch(ckpt) or 0
     workdir.mkdir(parents=True, exist_ok=True)
     configs_file.write_text(json.dumps([json.loads(c.to_json()) for c in configs], indent=1))
-    lines = metrics_file.read_text().splitlines() if metrics_file.exists() and done else []
-    kept = [line for line in lines if json.loads(line)["epoch"] <= done.get(json.loads(line)["group"], 0)]
-    metrics_file.write_text("".join(line + "\n" for line in kept))
+    rows = read_jsonl(metrics_file) if metrics_file.exists() and done else []
+    kept = [row for row in rows if row["epoch"] <= done.get(row["group"], 0)]
+    metrics_file.write_text("".join(json.dumps(row) + "\n" for row in kept))
 
 
 def sweep(
@@ -446,8 +447,7 @@ def sweep_run_metrics(workdir: str | Path, run: int | None) -> list[dict[str, An
     _, g, indices = _run_of(workdir, run)
     j = indices.index(run)
     rows = []
-    for line in (workdir / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line) if line.strip() else {}
+    for row in read_jsonl(workdir / "metrics.jsonl"):
         if row.get("group") == g:
             per_run = {k: v[j] for k, v in row.items() if k not in ("group", "epoch")}
             rows.append({"epoch": row["epoch"], "val_loss": math.nan, **per_run})  # older sweeps logged none
