@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import pathlib
 import re
 import shutil
 import subprocess
@@ -109,6 +110,30 @@ def test_same_seed_same_result_and_exact_resume(tmp_path):
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
     assert evaluate_run(tmp_path / "b")["test_accuracy"] == pytest.approx(resumed["test_accuracy"])
+
+
+def test_an_interrupt_while_resume_rewrites_the_log_loses_no_row(tmp_path, monkeypatch):
+    """The log was rewritten in place: Ctrl-C (or a kill) in the middle left it truncated."""
+    run = tmp_path / "run"
+    train_and_evaluate(TINY, run, quiet=True)
+    before = (run / "metrics.jsonl").read_bytes()
+    write_text = pathlib.Path.write_text
+
+    def interrupted_halfway(path, data, *args, **kwargs):
+        if path.name.startswith("metrics.jsonl"):
+            write_text(path, data[: len(data) // 2], *args, **kwargs)
+            raise KeyboardInterrupt
+        return write_text(path, data, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", interrupted_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(dataclasses.replace(TINY, epochs=3), run, resume=True, quiet=True)
+    assert (run / "metrics.jsonl").read_bytes() == before
+    assert json.loads((run / "config.json").read_text())["epochs"] == 3  # (written whole, before the log)
+    assert not list(run.glob("*.tmp"))
+    monkeypatch.undo()
+    train_and_evaluate(dataclasses.replace(TINY, epochs=3), run, resume=True, quiet=True)
+    assert [row["epoch"] for row in read_metrics(run)] == [1, 2, 3]
 
 
 def test_a_damaged_checkpoint_is_named_with_its_fix_and_nothing_is_lost(tmp_path):

@@ -2,7 +2,8 @@
 
 Each checkpoint's folder also holds the sha256 of its files (`_DIGEST`, written once orbax has
 committed it), so that a damaged checkpoint is found before orbax reads it: one clear error
-instead of TensorStore's failures (or a silently changed weight in a resumed run).
+instead of TensorStore's failures (or a silently changed weight in a resumed run). The run's
+small files (config, metrics log, results) are replaced atomically too (`write_atomic`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["CheckpointError", "save", "restore_latest", "latest_epoch"]
+__all__ = ["CheckpointError", "save", "restore_latest", "latest_epoch", "write_atomic"]
 
 T = TypeVar("T")
 _DIGEST = "fsnn_sha256.json"
@@ -52,9 +53,20 @@ def save(directory: Path, state, step: int | None = None) -> None:
         manager.save(step, args=ocp.args.StandardSave(state))
         manager.wait_until_finished()
     folder = Path(directory).resolve() / str(step)
-    tmp = folder / f"{_DIGEST}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(_digest(folder), indent=0))
-    os.replace(tmp, folder / _DIGEST)
+    write_atomic(folder / _DIGEST, json.dumps(_digest(folder), indent=0))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` at once (a temporary file renamed): however the process ends,
+    readers and a later resume find the old file whole or the new one, never a truncated one."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:  # an interrupt or a full disk: the old file stays
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _digest(folder: Path) -> dict[str, str]:

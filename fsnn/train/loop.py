@@ -682,13 +682,14 @@ def _train_and_evaluate(
     state = trainer.init_state()
     if resume and has_run:
         state = checkpoint.restore_latest(ckpt_dir, state)
-    config_file.write_text(config.to_json())  # once data and checkpoint are there: a failed start changes nothing
+    # Only once data and checkpoint are there: a failed start changes nothing.
+    checkpoint.write_atomic(config_file, config.to_json())
     state = trainer.place(state)
     start_epoch = int(state.epoch)
     history = []
     if metrics_file.exists() and start_epoch > 0:
         history = [h for h in read_jsonl(metrics_file) if h["epoch"] <= start_epoch]
-    metrics_file.write_text("".join(json.dumps(h) + "\n" for h in history))
+    checkpoint.write_atomic(metrics_file, "".join(json.dumps(h) + "\n" for h in history))
 
     x_train, y_train = data["train"]
     x_val, y_val = data["validation"]
@@ -760,7 +761,7 @@ def _train_and_evaluate(
         results.update(
             {f"substrate_test_{k}": v for k, v in activity_summary(on_chip, config.substrate_tau_us).items()}
         )
-    (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    checkpoint.write_atomic(workdir / "results.json", json.dumps(results, indent=2))
     if figures:  # from the test evaluation above: no extra compilation
         from fsnn.plot import read_metrics, save_figures
 
