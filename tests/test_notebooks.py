@@ -25,3 +25,23 @@ def test_notebook_runs(path, tmp_path, monkeypatch, mnist_prepared):
     outputs = [out for cell in book.cells if cell.cell_type == "code" for out in cell.outputs]
     figures = [out for out in outputs if "image/png" in out.get("data", {})]
     assert figures, "each notebook should show at least one figure"
+
+
+def test_training_in_a_notebook_shows_a_progress_bar(tmp_path):
+    """A kernel's stderr is not a terminal, yet it shows tqdm's bar in place (a log file gets lines)."""
+    book = nbformat.v4.new_notebook()
+    book.cells = [
+        nbformat.v4.new_code_cell(
+            "import sys\n"
+            "from fsnn.train.loop import _progress\n"
+            "bar = _progress(3, 0, quiet=False)\n"
+            "bar.update(1)\n"
+            "bar.close()\n"
+            "print(type(bar).__module__, sys.stderr.isatty())"
+        )
+    ]
+    NotebookClient(book, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    streams = book.cells[0].outputs
+    out = {name: "".join(o.text for o in streams if o.get("name") == name) for name in ("stdout", "stderr")}
+    assert out["stdout"].split() == ["tqdm.std", "False"]
+    assert "1/3" in out["stderr"]

@@ -54,6 +54,14 @@ def test_smoke_training_beats_chance(tmp_path):
     assert saved["best_val_accuracy"] == max(r["val_accuracy"] for r in rows)
 
 
+def test_progress_in_a_log_file_is_a_line_now_and_then(tmp_path, capsys):
+    """stderr captured (as in a batch job's log): the first and the last epoch, no bar's carriage returns."""
+    train_and_evaluate(dataclasses.replace(TINY, epochs=3), tmp_path / "run", figures=False)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in lines] == ["epoch 1/3", "epoch 3/3"]
+    assert re.fullmatch(r"epoch 3/3, loss \d\.\d{3}, train \d\.\d{3}, val \d\.\d{3} \(\d+\.\d s\)", lines[-1])
+
+
 def test_epoch_compiles_once():
     trainer = Trainer(TINY)
     data = load_data(TINY)

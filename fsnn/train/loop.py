@@ -117,6 +117,7 @@ NEURON_KEYS = ("tau_m", "tau_s", "threshold", "g_leak", "e_leak")
 # learned neuron parameters stay at least this fraction of their initial value (threshold: of its
 # initial distance from rest) away from where the neuron model breaks down (`Trainer._within_model`)
 NEURON_FLOOR = 1e-3
+_LOG_SECONDS = 30.0  # between progress lines when stderr is a log file, not a terminal
 
 
 def hyperparameters(config: Config) -> dict[str, Any]:
@@ -784,11 +785,43 @@ def activity_summary(evaluation: dict, tau_us: float) -> dict[str, Any]:
 
 
 def _progress(total: int, initial: int, quiet: bool):
-    if quiet or not sys.stderr.isatty():
+    """A bar in a terminal or a notebook (both show tqdm's carriage returns in place); in a log
+    file (a batch job) a line now and then; nothing when ``quiet``."""
+    if quiet:
         return None
-    from tqdm.auto import tqdm
+    if sys.stderr.isatty() or _in_notebook():
+        from tqdm.std import tqdm  # (tqdm.notebook would need ipywidgets)
 
-    return tqdm(total=total, initial=initial, unit="epoch", dynamic_ncols=True)
+        return tqdm(total=total, initial=initial, unit="epoch", dynamic_ncols=True)
+    return _EpochLines(total, initial)
+
+
+def _in_notebook() -> bool:
+    ipython = sys.modules.get("IPython")
+    return getattr(ipython.get_ipython() if ipython else None, "kernel", None) is not None
+
+
+class _EpochLines:
+    """Progress for a log (stderr not a terminal): the first epoch, then one line every
+    `_LOG_SECONDS`, and the last; the same calls as a tqdm bar."""
+
+    def __init__(self, total: int, initial: int):
+        self.total, self.n, self.postfix = total, initial, {}
+        self.start, self.printed = time.perf_counter(), None
+
+    def set_postfix(self, **values: str) -> None:
+        self.postfix = values
+
+    def update(self, n: int) -> None:
+        self.n += n
+        now = time.perf_counter()
+        if self.printed is None or now - self.printed >= _LOG_SECONDS or self.n == self.total:
+            self.printed = now
+            values = "".join(f", {k} {v}" for k, v in self.postfix.items())
+            print(f"epoch {self.n}/{self.total}{values} ({now - self.start:.1f} s)", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
 
 
 def restore_run(
