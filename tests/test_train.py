@@ -197,6 +197,33 @@ def test_a_checkpoint_removed_by_a_run_in_progress_while_read_is_not_called_dama
         checkpoint.restore_latest(directory, state(0))
 
 
+@pytest.mark.parametrize("edit", ["{", '{"nosuch": 1}', '{"tau_m": -1.0}'])
+def test_a_saved_config_changed_by_hand_is_named(tmp_path, edit):
+    run, sweep_dir = tmp_path / "run", tmp_path / "sweep"
+    train_and_evaluate(dataclasses.replace(TINY, epochs=1), run, quiet=True)
+    sweep([dataclasses.replace(TINY, epochs=1)], sweep_dir, quiet=True)
+    for saved in (run / "config.json", sweep_dir / "configs.json"):
+        saved.write_text(edit if saved.name == "config.json" else f"[{edit}]")
+        message = re.escape(f"{saved} no longer reads back as fsnn wrote it (")
+        with pytest.raises(ConfigError, match=message):
+            evaluate_run(saved.parent, run=None if saved.name == "config.json" else 0)
+        with pytest.raises(ConfigError, match=message):  # resuming: before anything is written
+            if saved.name == "config.json":
+                train_and_evaluate(dataclasses.replace(TINY, epochs=2), run, resume=True, quiet=True)
+            else:
+                sweep([dataclasses.replace(TINY, epochs=2)], sweep_dir, resume=True, quiet=True)
+        assert saved.read_text() == (edit if saved.name == "config.json" else f"[{edit}]")
+
+
+def test_a_checkpoint_whose_digest_file_is_damaged_is_named(tmp_path):
+    directory = tmp_path / "checkpoints"
+    state = (jax.numpy.asarray(1, "int32"), jax.numpy.ones(3))
+    checkpoint.save(directory, state, step=1)
+    (directory / "1" / "fsnn_sha256.json").write_text('{"d/abc": ')
+    with pytest.raises(checkpoint.CheckpointError, match="epoch 1 .* is damaged \\(its fsnn_sha256.json does not"):
+        checkpoint.restore_latest(directory, state)
+
+
 def test_a_damaged_checkpoint_of_older_fsnn_is_named_with_its_fix(tmp_path):
     """Without the digest (checkpoints of older versions) orbax finds the damage."""
     run = tmp_path / "run"

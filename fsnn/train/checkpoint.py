@@ -152,7 +152,11 @@ def _restore_latest(directory: Path, abstract):
             return CheckpointError(f"the checkpoint of epoch {step} in {directory} is damaged ({why}); {fix}.")
 
         if (folder / _DIGEST).exists():  # checkpoints of older fsnn versions have none
-            saved, now = json.loads((folder / _DIGEST).read_text()), _digest(folder)
+            try:
+                saved = json.loads((folder / _DIGEST).read_text())
+            except ValueError as err:
+                raise damaged(f"its {_DIGEST} does not read back: {err}") from err
+            now = _digest(folder)
             changed = sorted(name for name in saved.keys() | now.keys() if saved.get(name) != now.get(name))
             if changed:
                 raise damaged(f"{len(changed)} file(s) differ from when it was saved, e.g. {changed[0]}")

@@ -388,3 +388,16 @@ def load_config(experiment: str, *, smoke: bool = False) -> Config:
     if not isinstance(config, Config):
         raise ConfigError(f"`{getter}()` in {path} must return fsnn.train.Config; got {type(config).__name__}.")
     return config
+
+
+def saved_configs(path: Path) -> list[Config]:
+    """The configs that fsnn saved in a run's ``config.json`` (one) or a sweep's ``configs.json`` (a
+    list); keys added to `Config` since take their defaults. A file changed by hand so that it no
+    longer reads back is a `ConfigError` that names it."""
+    try:
+        data = json.loads(Path(path).read_text())
+        return [Config.from_dict(d) for d in (data if isinstance(data, list) else [data])]
+    except (ValueError, TypeError, AttributeError) as err:  # bad JSON, keys or values
+        raise ConfigError(
+            f"{path} no longer reads back as fsnn wrote it ({err}); undo the change, or train into a new --workdir."
+        ) from err

@@ -33,7 +33,7 @@ from fsnn.nn import SpikingNetwork, batched
 from fsnn.remedies import BumpState, apply_bump, bump_targets, drop_large_weight_grads
 from fsnn.substrate import network_on_substrate, network_on_substrate_batch, substrate_values
 from fsnn.train import checkpoint
-from fsnn.train.config import Config, ConfigError
+from fsnn.train.config import Config, ConfigError, saved_configs
 
 __all__ = [
     "TrainState",
@@ -671,7 +671,7 @@ def _train_and_evaluate(
         )
     if resume and config_file.exists():
         # Keys added to Config after the run was written take their defaults.
-        saved = json.loads(Config.from_dict(json.loads(config_file.read_text())).to_json())
+        saved = json.loads(saved_configs(config_file)[0].to_json())
         mine = json.loads(config.to_json())
         diff = sorted(k for k in mine if k != "epochs" and saved.get(k) != mine[k])
         if diff:
@@ -841,7 +841,7 @@ def restore_run(
     config_file = workdir / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file} not found: is {workdir} a run directory written by `fsnn train`?")
-    config = Config.from_dict(json.loads(config_file.read_text()))
+    config = saved_configs(config_file)[0]
     _enable_dtype(config)
     directory = workdir / ("best" if best else "checkpoints")
     if best and not directory.is_dir():

@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fsnn import xla
 from fsnn.train import checkpoint
-from fsnn.train.config import Config, ConfigError, apply_overrides
+from fsnn.train.config import Config, ConfigError, apply_overrides, saved_configs
 from fsnn.train.loop import (
     DYNAMIC_KEYS,
     Trainer,
@@ -315,7 +315,7 @@ def _prepare_workdir(workdir: Path, configs: list[Config], resume: bool) -> None
         )
     done: dict[int, int] = {}
     if resume and configs_file.exists():
-        saved = [Config.from_dict(d) for d in json.loads(configs_file.read_text())]
+        saved = saved_configs(configs_file)
         # `epochs` may grow (continue training); keys added to Config since take their defaults
         same = len(saved) == len(configs) and all(
             dataclasses.replace(a, epochs=b.epochs) == b and b.epochs >= a.epochs for a, b in zip(saved, configs)
@@ -401,7 +401,7 @@ def _run_of(workdir: Path, run: int | None) -> tuple[list[Config], int, list[int
         if (workdir / "config.json").is_file():
             raise ConfigError(f"{workdir} holds one run of `fsnn train`, not a sweep: leave out --run.")
         raise FileNotFoundError(f"{configs_file} not found: is {workdir} a sweep directory written by `fsnn sweep`?")
-    configs = [Config.from_dict(d) for d in json.loads(configs_file.read_text())]
+    configs = saved_configs(configs_file)
     if run is None or not 0 <= run < len(configs):
         raise ConfigError(
             f"{workdir} holds a sweep of {len(configs)} runs: choose one with --run I, 0 <= I < {len(configs)} "
