@@ -143,7 +143,11 @@ def _plot(args) -> int:
 
 def _bench(args) -> int:
     from fsnn.bench import format_table, run_benchmarks, write_json
+    from fsnn.train.config import ConfigError
 
+    folder = Path(args.json or ".").resolve().parent
+    if args.json and not (folder.is_dir() and os.access(folder, os.W_OK)):  # found now, not after the benchmarks
+        raise ConfigError(f"--json {args.json}: cannot write into {folder}; choose a path in a writable folder.")
     report = run_benchmarks(
         args.networks.split(","),
         args.dtypes.split(","),

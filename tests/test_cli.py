@@ -44,6 +44,7 @@ def test_train_and_eval(tmp_path, capsys):
         (["train", "yinyang", "--epochs", "0"], "`epochs` must be a positive integer"),
         (["train", "missing_experiment"], "experiment `missing_experiment` not found"),
         (["eval", "/nonexistent/run"], "config.json not found"),
+        (["bench", "--json", "/nonexistent/b.json"], "--json /nonexistent/b.json: cannot write into /nonexistent;"),
     ],
 )
 def test_errors_are_one_clear_line(args, message, capsys):
