@@ -1,11 +1,13 @@
 """fsnn.train.config: parsing, validation, experiment files."""
 
+import json
 import shutil
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import fsnn
@@ -28,6 +30,42 @@ def test_overrides_parse_types():
     assert apply_overrides(Config(), {"max_dw_norm": "None"}).max_dw_norm is None
     assert apply_overrides(Config(), {"weight_bumping": "false"}).weight_bumping is False
     assert apply_overrides(Config(), {"learning_rate": "1"}).learning_rate == 1.0
+
+
+def test_python_values_take_the_field_types():
+    """As `--set` values do: lists and arrays become tuples, one number a 1-tuple, NumPy scalars and
+    ints Python numbers, so a config from a notebook compares, hashes and saves like any other."""
+    c = Config(
+        hidden=np.array([16]),
+        init=[[1.5, 0.8], (0.5, np.float64(0.8))],
+        max_missing=[0.3, 0],
+        epochs=np.int64(3),
+        learning_rate=1,
+        trainable_neuron="threshold",
+    )
+    assert (c.hidden, c.init, c.max_missing, c.trainable_neuron) == (
+        (16,),
+        ((1.5, 0.8), (0.5, 0.8)),
+        (0.3, 0.0),
+        ("threshold",),
+    )
+    assert type(c.epochs) is int and type(c.learning_rate) is float and type(c.init[1][1]) is float
+    assert Config(hidden=16, max_missing=(0.3, 0.0)) == Config(hidden=(16,), max_missing=(0.3, 0.0))
+    assert hash(c) == hash(Config.from_dict(json.loads(c.to_json())))
+
+
+@pytest.mark.parametrize(
+    ("values", "match"),
+    [
+        ({"epochs": 2.0}, r"`epochs` expects int; got 2\.0\."),  # (range() failed deep inside the run)
+        ({"learning_rate": "0.1"}, r"`learning_rate` expects float; got '0\.1'\."),  # strings are not parsed
+        ({"select_best": 1}, r"`select_best` expects bool; got 1\."),
+        ({"hidden": (16.5,)}, r"`hidden` expects int; got 16\.5\."),
+    ],
+)
+def test_python_values_of_the_wrong_type_are_named(values, match):
+    with pytest.raises(ConfigError, match=match):
+        Config(**values)
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import importlib.util
 import json
 import math
+import numbers
 import types
 import typing
 from pathlib import Path
@@ -134,6 +136,12 @@ class Config:
     checkpoint_every: int = 50
 
     def __post_init__(self):
+        # Python values are held to the field types as `--set` values are (lists become tuples, a
+        # number a 1-tuple where a tuple is expected, ints floats): `Config(hidden=[200])` trains,
+        # and `Config(epochs=2.0)` fails here rather than deep inside a run.
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            object.__setattr__(self, field.name, _coerce(field.name, value, _hints()[field.name], parse=False))
         self.validate()
 
     @property
@@ -303,9 +311,15 @@ def _leaves(value: Any):
         yield value
 
 
-def _coerce(key: str, raw: Any, annotation: Any) -> Any:
-    """Convert ``raw`` (a string from the command line, or a JSON value) to the field's type."""
-    if isinstance(raw, str):
+@functools.cache
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(Config)
+
+
+def _coerce(key: str, raw: Any, annotation: Any, parse: bool = True) -> Any:
+    """Convert ``raw`` (a string from the command line, a JSON value or, without ``parse``, a Python
+    value whose strings are taken as they are) to the field's type."""
+    if parse and isinstance(raw, str):
         try:
             parsed = ast.literal_eval(raw)
             raw = parsed if annotation is not str or isinstance(parsed, str) else raw
@@ -321,12 +335,12 @@ def _coerce(key: str, raw: Any, annotation: Any) -> Any:
             if not isinstance(raw, bool):
                 raise TypeError
             return raw
-        if annotation is int:
-            if isinstance(raw, bool) or not isinstance(raw, int):
+        if annotation is int:  # (NumPy's integers too)
+            if isinstance(raw, bool) or not isinstance(raw, numbers.Integral):
                 raise TypeError
-            return raw
+            return int(raw)
         if annotation is float:
-            if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+            if isinstance(raw, bool) or not isinstance(raw, numbers.Real):
                 raise TypeError
             return float(raw)
         if annotation is str:
@@ -336,17 +350,19 @@ def _coerce(key: str, raw: Any, annotation: Any) -> Any:
         if origin in (types.UnionType, typing.Union):  # float | None
             if raw is None:
                 return None
-            return _coerce(key, raw, next(a for a in args if a is not type(None)))
+            return _coerce(key, raw, next(a for a in args if a is not type(None)), parse)
         if origin is tuple:
-            if isinstance(raw, (int, float, str)) and not isinstance(raw, bool):
+            if getattr(raw, "ndim", 0):  # a NumPy or JAX array
+                raw = raw.tolist()
+            if isinstance(raw, (numbers.Real, str)) and not isinstance(raw, bool):
                 raw = (raw,)
             if not isinstance(raw, (list, tuple)):
                 raise TypeError
             if len(args) == 2 and args[1] is Ellipsis:
-                return tuple(_coerce(key, r, args[0]) for r in raw)
+                return tuple(_coerce(key, r, args[0], parse) for r in raw)
             if len(raw) != len(args):
                 raise TypeError
-            return tuple(_coerce(key, r, a) for r, a in zip(raw, args))
+            return tuple(_coerce(key, r, a, parse) for r, a in zip(raw, args))
     except TypeError:
         raise ConfigError(f"config key `{key}` expects {_describe(annotation)}; got {raw!r}.") from None
     raise ConfigError(f"config key `{key}` has an unsupported type {annotation}.")
@@ -358,7 +374,7 @@ def _describe(annotation) -> str:
 
 def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
     """A new config with ``overrides`` (strings are parsed); unknown keys list the known ones."""
-    hints = typing.get_type_hints(Config)
+    hints = _hints()
     fields = {f.name for f in dataclasses.fields(Config)}
     values = {}
     for key, raw in overrides.items():
