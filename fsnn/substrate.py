@@ -59,6 +59,7 @@ __all__ = [
     "chip_layer",
     "network_on_substrate",
     "network_on_substrate_batch",
+    "check_substrate",
 ]
 
 _MIN_FACTOR = 0.1  # fixed-pattern factors are floored here: no time constant or threshold <= 0
@@ -92,6 +93,9 @@ class Substrate:
     seed: int = 0
     tau_us: float = 6.0
 
+    def __post_init__(self):
+        check_substrate(dataclasses.asdict(self))
+
     @property
     def is_ideal(self) -> bool:
         """Whether this substrate computes exactly what the model computes."""
@@ -102,6 +106,31 @@ class Substrate:
             and self.dt is None
             and self.dead_fraction == 0
         )
+
+
+def check_substrate(values: Mapping[str, object], prefix: str = "") -> None:
+    """Raise `ValueError` naming the first impossible `Substrate` field of ``values`` (by field name;
+    ``prefix`` is put before the names in the message, e.g. ``"substrate_"`` for config keys)."""
+    v = values
+    problems = {
+        "variation": (not 0 <= v["variation"] <= 1, "is a relative spread in [0, 1]"),
+        "weight_bits": (
+            v["weight_bits"] is not None and not 1 <= v["weight_bits"] <= 16,
+            "must be in 1..16 or None (float)",
+        ),
+        "weight_max": (any(not w > 0 for w in v["weight_max"]), "values must be > 0"),
+        "jitter": (not v["jitter"] >= 0, "must be >= 0"),
+        "dead_fraction": (not 0 <= v["dead_fraction"] < 1, "must lie in [0, 1)"),
+        "t_max": (not v["t_max"] > 0, "must be > 0"),
+        "dt": (
+            v["dt"] is not None and not (v["dt"] > 0 and v["t_max"] / v["dt"] <= 10**5),
+            f"must be > 0 with at most 1e5 steps up to `{prefix}t_max` ({v['t_max']}), or None (exact)",
+        ),
+        "tau_us": (not v["tau_us"] > 0, "must be > 0"),
+    }
+    for key, (bad, why) in problems.items():
+        if bad:
+            raise ValueError(f"`{prefix}{key}` {why}; got {v[key]}.")
 
 
 # Assumed, order-of-magnitude values for a calibrated BrainScaleS-2 chip (not measurements):

@@ -99,6 +99,10 @@ def test_python_values_of_the_wrong_type_are_named(values, match):
         ("seed", str(2**31), r"`seed` must be a 32-bit integer, -2\*\*31 \.\. 2\*\*31 - 1; got 2147483648\."),
         ("seed", "-99999999999999999999", "`seed` must be a 32-bit integer"),
         ("substrate_seed", str(2**40), "`substrate_seed` must be a 32-bit integer"),
+        ("substrate_variation", "1.5", r"`substrate_variation` is a relative spread in \[0, 1\]; got 1\.5\."),
+        ("substrate_dt", "0.0", r"`substrate_dt` must be > 0 with at most 1e5 steps up to `substrate_t_max` \(8\.0\)"),
+        ("substrate_weight_max", "(1.0, -2.0)", r"`substrate_weight_max` values must be > 0; got \(1\.0, -2\.0\)\."),
+        ("substrate_weight_max", "(1.0,)", "`substrate_weight_max` needs one value > 0 per layer"),
     ],
 )
 def test_bad_values_fail_with_the_key_named(key, value, match):

@@ -3,6 +3,7 @@
 import dataclasses
 import importlib.util
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -259,3 +260,19 @@ def test_robustness_study_smoke(tmp_path):
         for method in module.METHODS:
             assert 0 <= row[method]["mean"] <= 1 and len(row[method]["runs"]) == 1
     assert set(saved["activity_at_hardware_point"]) == set(module.METHODS)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"variation": -0.1}, "`variation` is a relative spread in [0, 1]; got -0.1."),
+        ({"dead_fraction": 1.0}, "`dead_fraction` must lie in [0, 1); got 1.0."),
+        ({"dt": 0.0}, "`dt` must be > 0 with at most 1e5 steps up to `t_max` (8.0), or None (exact); got 0.0."),
+        ({"weight_bits": 0}, "`weight_bits` must be in 1..16 or None (float); got 0."),
+        ({"jitter": -1.0}, "`jitter` must be >= 0; got -1.0."),
+    ],
+)
+def test_an_impossible_substrate_is_named(values, message):
+    """The Python API checks what the `substrate_*` config keys check (one rule set for both)."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        sub.Substrate(**values)
