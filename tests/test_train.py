@@ -117,6 +117,10 @@ def test_same_seed_same_result_and_exact_resume(tmp_path):
     assert straight["test_accuracy"] == resumed["test_accuracy"]
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    files = {f: f.read_bytes() for f in (tmp_path / "b").glob("*.json*")}
+    with pytest.raises(ConfigError, match="checkpointed at epoch 3, past `epochs` \\(2\\); give --epochs 3"):
+        train_and_evaluate(dataclasses.replace(TINY, epochs=2), tmp_path / "b", resume=True, quiet=True)
+    assert {f: f.read_bytes() for f in files} == files  # (it wrote epochs=2 into config.json and results.json)
     assert evaluate_run(tmp_path / "b")["test_accuracy"] == pytest.approx(resumed["test_accuracy"])
 
 

@@ -683,6 +683,11 @@ def _train_and_evaluate(
     state = trainer.init_state()
     if resume and has_run:
         state = checkpoint.restore_latest(ckpt_dir, state)
+        if int(state.epoch) > config.epochs:
+            raise ConfigError(
+                f"--resume: the run in {workdir} is checkpointed at epoch {int(state.epoch)}, past `epochs` "
+                f"({config.epochs}); give --epochs {int(state.epoch)} (re-evaluates it) or more."
+            )
     # Only once data and checkpoint are there: a failed start changes nothing.
     checkpoint.write_atomic(config_file, config.to_json())
     state = trainer.place(state)
