@@ -794,8 +794,11 @@ def _checked(input_times, weights, params: LIFParams, solver: Solver):
             f"`weights` must have shape [n_in, n_out] = [{input_times.shape[0]}, n_out]; got {weights.shape}."
         )
     dtype = jnp.result_type(input_times, weights)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise ValueError(f"`input_times` and `weights` must be floating point; got {dtype}.")
+    if dtype not in (jnp.float32, jnp.float64):  # half precision: exp factors overflow, ranks too coarse
+        raise ValueError(
+            f"`input_times` and `weights` must be float32 or float64; got {dtype}. Compute in float32 "
+            "(`.astype(jnp.float32)`) and cast the spike times afterwards if needed."
+        )
     n_out = weights.shape[1]
     for name, value in zip(LIFParams._fields, params):
         shape = np.shape(value)
