@@ -7,6 +7,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -41,6 +42,7 @@ def test_python_values_take_the_field_types():
         max_missing=[0.3, 0],
         epochs=np.int64(3),
         learning_rate=1,
+        xi=jax.numpy.asarray(0.25),  # e.g. a value a hypergradient step returned
         trainable_neuron="threshold",
     )
     assert (c.hidden, c.init, c.max_missing, c.trainable_neuron) == (
@@ -49,7 +51,8 @@ def test_python_values_take_the_field_types():
         (0.3, 0.0),
         ("threshold",),
     )
-    assert type(c.epochs) is int and type(c.learning_rate) is float and type(c.init[1][1]) is float
+    assert type(c.epochs) is int and type(c.init[1][1]) is float
+    assert (type(c.learning_rate), type(c.xi), c.xi) == (float, float, 0.25)
     assert Config(hidden=16, max_missing=(0.3, 0.0)) == Config(hidden=(16,), max_missing=(0.3, 0.0))
     assert hash(c) == hash(Config.from_dict(json.loads(c.to_json())))
 

@@ -8,7 +8,6 @@ import functools
 import importlib.util
 import json
 import math
-import numbers
 import types
 import typing
 from pathlib import Path
@@ -313,6 +312,8 @@ def _coerce(key: str, raw: Any, annotation: Any, parse: bool = True) -> Any:
                 raw = None
             elif raw in ("true", "false"):
                 raw = raw == "true"
+    if hasattr(raw, "tolist") and not isinstance(raw, str):  # NumPy/JAX arrays and scalars: Python values
+        raw = raw.tolist()
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     try:
@@ -320,12 +321,12 @@ def _coerce(key: str, raw: Any, annotation: Any, parse: bool = True) -> Any:
             if not isinstance(raw, bool):
                 raise TypeError
             return raw
-        if annotation is int:  # (NumPy's integers too)
-            if isinstance(raw, bool) or not isinstance(raw, numbers.Integral):
+        if annotation is int:
+            if isinstance(raw, bool) or not isinstance(raw, int):
                 raise TypeError
-            return int(raw)
+            return raw
         if annotation is float:
-            if isinstance(raw, bool) or not isinstance(raw, numbers.Real):
+            if isinstance(raw, bool) or not isinstance(raw, (int, float)):
                 raise TypeError
             return float(raw)
         if annotation is str:
@@ -337,9 +338,7 @@ def _coerce(key: str, raw: Any, annotation: Any, parse: bool = True) -> Any:
                 return None
             return _coerce(key, raw, next(a for a in args if a is not type(None)), parse)
         if origin is tuple:
-            if getattr(raw, "ndim", 0):  # a NumPy or JAX array
-                raw = raw.tolist()
-            if isinstance(raw, (numbers.Real, str)) and not isinstance(raw, bool):
+            if isinstance(raw, (int, float, str)) and not isinstance(raw, bool):
                 raw = (raw,)
             if not isinstance(raw, (list, tuple)):
                 raise TypeError
