@@ -257,8 +257,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fsnn: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
-        if not trains:
-            raise
+        if not trains:  # eval, plot, bench: nothing to keep, and no traceback
+            print("fsnn: interrupted.", file=sys.stderr)
+            return 130
         done = "the epochs done are checkpointed: the same command with --resume continues."
         if isinstance(interrupt, Interrupted):  # `fsnn train` within its epochs knows which
             done = f"epochs 1-{interrupt.epoch} are checkpointed: the same command with --resume continues."

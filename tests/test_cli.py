@@ -179,6 +179,25 @@ def test_sigterm_keeps_the_epochs_done_and_resume_continues(tmp_path):
     assert epochs == list(range(1, saved + 3))
 
 
+@pytest.mark.parametrize("command", [["eval", "RUN"], ["plot", "RUN"], ["bench", "--networks", "yinyang"]])
+def test_ctrl_c_outside_training_is_one_line_not_a_traceback(command, tmp_path, capsys, monkeypatch):
+    import fsnn.bench
+    import fsnn.plot
+    import fsnn.train.loop
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    for module, name in (
+        (fsnn.train.loop, "evaluate_run"),
+        (fsnn.plot, "save_run_figures"),
+        (fsnn.bench, "run_benchmarks"),
+    ):
+        monkeypatch.setattr(module, name, interrupted)
+    assert main([str(tmp_path) if arg == "RUN" else arg for arg in command]) == 130
+    assert capsys.readouterr().err == "fsnn: interrupted.\n"
+
+
 def test_an_interrupt_before_the_first_epoch_ends_says_nothing_is_saved(tmp_path, capsys, monkeypatch):
     from fsnn.train.loop import Trainer
 
