@@ -145,8 +145,8 @@ def _bench(args) -> int:
     from fsnn.bench import format_table, run_benchmarks, write_json
     from fsnn.train.config import ConfigError
 
-    folder = Path(args.json or ".").resolve().parent
-    if args.json and not (folder.is_dir() and os.access(folder, os.W_OK)):  # found now, not after the benchmarks
+    folder = Path(args.json).resolve().parent if args.json else None
+    if folder and not (folder.is_dir() and os.access(folder, os.W_OK)):  # found now, not after the benchmarks
         raise ConfigError(f"--json {args.json}: cannot write into {folder}; choose a path in a writable folder.")
     report = run_benchmarks(
         args.networks.split(","),

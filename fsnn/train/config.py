@@ -16,7 +16,7 @@ from typing import Any
 from fsnn.core.neuron import LIFParams
 from fsnn.substrate import Substrate, check_substrate
 
-__all__ = ["Config", "ConfigError", "load_config", "apply_overrides", "EXPERIMENTS_DIR"]
+__all__ = ["Config", "ConfigError", "load_config", "apply_overrides", "saved_configs", "EXPERIMENTS_DIR"]
 
 
 class ConfigError(ValueError):
@@ -135,9 +135,9 @@ class Config:
     checkpoint_every: int = 50
 
     def __post_init__(self):
-        # Python values are held to the field types as `--set` values are (lists become tuples, a
-        # number a 1-tuple where a tuple is expected, ints floats): `Config(hidden=[200])` trains,
-        # and `Config(epochs=2.0)` fails here rather than deep inside a run.
+        # Python values are held to the field types as `--set` values are (lists and arrays become
+        # tuples, NumPy/JAX numbers Python ones, a number a 1-tuple where a tuple is expected, ints
+        # floats): `Config(hidden=[200])` trains, and `Config(epochs=2.0)` fails here, not in the run.
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             object.__setattr__(self, field.name, _coerce(field.name, value, _hints()[field.name], parse=False))
