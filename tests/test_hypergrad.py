@@ -107,6 +107,12 @@ def test_bad_names_and_windows_are_rejected(setup):
         hypergradient(trainer, ["neuron_lr_scale"], train, val, steps=2)
     with pytest.raises(ConfigError, match="window"):
         hypergradient(trainer, ["xi"], train, val, steps=2, window=3)
+    with pytest.raises(ConfigError, match=r"`steps` \(training steps to unroll\) must be >= 1; got 0\."):
+        hypergradient(trainer, ["xi"], train, val, steps=0)  # (it blamed `window`)
+    with pytest.raises(ConfigError, match=r"`iterations` \(descent steps\) must be >= 0; got -1\."):
+        tune(trainer, ["xi"], train, val, steps=2, iterations=-1)  # (it returned no rows)
+    with pytest.raises(ConfigError, match=r"`grid` lists no values for \['xi'\]"):
+        grid_search(trainer, {"xi": [], "learning_rate": [0.01]}, train, val, steps=2)  # (a stacking error)
 
 
 def test_values_outside_the_model_are_rejected_before_anything_compiles(setup, monkeypatch):
@@ -142,8 +148,12 @@ def test_descent_keeps_what_must_not_be_negative_at_zero_or_above(setup):
 
 def test_grid_points_equal_single_evaluations_and_descent_descends(setup):
     trainer, train, val = setup
-    rows = grid_search(trainer, {"learning_rate": [0.002, 0.02], "xi": [0.2, 0.5]}, train, val, steps=STEPS)
+    rows = grid_search(trainer, {"learning_rate": [0.002, 0.02], "xi": np.array([0.2, 0.5])}, train, val, steps=STEPS)
     assert len(rows) == 4
+    fixed = grid_search(trainer, {"learning_rate": [0.002, 0.02], "xi": 0.5}, train, val, steps=STEPS)  # one value
+    assert [(r["learning_rate"], r["xi"], r["loss"]) for r in fixed] == [
+        (r["learning_rate"], r["xi"], r["loss"]) for r in rows if r["xi"] == 0.5
+    ]
     single = jax.jit(lambda hp: unrolled_validation_loss(trainer, hp, train, val, steps=STEPS))
     for row in rows:
         hp = with_hyper(trainer.hp, {k: jnp.asarray(row[k], jnp.float64) for k in ("learning_rate", "xi")})

@@ -123,6 +123,8 @@ def unrolled_validation_loss(
     ``window`` (default: all steps) is how many of the last steps the gradient flows through; the
     steps before it are run under `jax.lax.stop_gradient` (truncated hypergradient).
     """
+    if steps < 1:
+        raise ConfigError(f"`steps` (training steps to unroll) must be >= 1; got {steps}.")
     window = steps if window is None else window
     if not 0 < window <= steps:
         raise ConfigError(f"`window` must be in [1, steps={steps}]; got {window}.")
@@ -220,6 +222,8 @@ def tune(
     validation loss. A step that leaves the model otherwise (a threshold at or below ``e_leak``)
     raises `ConfigError`, naming the step.
     """
+    if iterations < 0:
+        raise ConfigError(f"`iterations` (descent steps) must be >= 0; got {iterations}.")
     hp = trainer.hp if hp is None else hp
     values = {n: get_hyper(hp, n) for n in names}
     logs = {n: bool(jnp.all(v > 0)) for n, v in values.items()}
@@ -257,7 +261,7 @@ def _at_least_zero(name: str, value: jax.Array) -> jax.Array:
 
 def grid_search(
     trainer: Trainer,
-    grid: dict[str, Sequence[Any]],
+    grid: dict[str, Sequence[Any] | float],
     train: tuple[jax.Array, jax.Array],
     validation: tuple[jax.Array, jax.Array],
     *,
@@ -266,6 +270,7 @@ def grid_search(
 ) -> list[dict[str, Any]]:
     """The validation loss after ``steps`` unrolled steps at every combination of ``grid`` values.
 
+    ``grid`` maps names to lists (or arrays) of values; a single number holds that name at one value.
     All points run in one compiled program (`jax.vmap` over the hyperparameters). One row per
     point with the values and the loss.
     """
@@ -274,7 +279,11 @@ def grid_search(
     choices = sorted({*hp, *NEURON_KEYS} - {"neuron", "substrate"})
     if not names or not set(names) <= set(choices):
         raise ConfigError(f"grid_search `grid` keys {names}: choose from {', '.join(choices)}.")
-    points = list(itertools.product(*grid.values()))
+    axes = [[v] if np.ndim(v) == 0 else list(v) for v in grid.values()]  # a single number: one value
+    empty = [n for n, axis in zip(names, axes) if not len(axis)]
+    if empty:
+        raise ConfigError(f"grid_search `grid` lists no values for {empty}; give one or more per key.")
+    points = list(itertools.product(*axes))
     for point in points:
         check_values(hp, dict(zip(names, point)))
     stacked = {n: jnp.stack([jnp.asarray(p[j], get_hyper(hp, n).dtype) for p in points]) for j, n in enumerate(names)}
