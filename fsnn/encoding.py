@@ -41,7 +41,7 @@ def shift_image(image: Float[Array, " pixels"], shift: Int[ArrayLike, " 2"], sid
         >>> shift_image(jnp.array([0.5, 0.25, 0.75, 2.0]), jnp.array([0, 1]), side=2).tolist()
         [2.0, 0.5, 2.0, 0.75]
     """
-    shift = jnp.asarray(shift)
+    image, shift = _square(image, side), jnp.asarray(shift)
     rows = jnp.arange(side)[:, None] - shift[0]
     cols = jnp.arange(side)[None, :] - shift[1]
     inside = (rows >= 0) & (rows < side) & (cols >= 0) & (cols < side)
@@ -58,5 +58,16 @@ def flip_image(image: Float[Array, " pixels"], flip: Bool[ArrayLike, ""], side: 
         >>> flip_image(jnp.array([0.5, 0.25, 0.75, 2.0]), True, side=2).tolist()
         [0.25, 0.5, 2.0, 0.75]
     """
+    image = _square(image, side)
     mirrored = image.reshape(side, side)[:, ::-1].ravel()
     return jnp.where(flip, mirrored, image)
+
+
+def _square(image: ArrayLike, side: int) -> Array:
+    """``image`` as an array, which must be one flattened ``side x side`` image."""
+    image = jnp.asarray(image)
+    if image.shape != (side * side,):
+        raise ValueError(
+            f"`image` must be one flattened {side} x {side} image, shape ({side * side},); got {image.shape}."
+        )
+    return image

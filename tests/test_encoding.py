@@ -1,8 +1,11 @@
 """fsnn.encoding."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from fsnn.encoding import add_input_noise, flip_image, shift_image, values_to_times
 
@@ -40,3 +43,11 @@ def test_flip_image_mirrors_rows_only_where_asked():
     np.testing.assert_array_equal(np.asarray(flip_image(flat, False, side=4)), image.ravel())
     batch = jax.vmap(flip_image, (0, 0, None))(jnp.stack([flat, flat]), jnp.array([False, True]), 4)
     np.testing.assert_array_equal(np.asarray(batch[1]).reshape(4, 4), image[:, ::-1])
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_an_image_of_another_side_is_refused(flip):
+    """A 16 x 16 image with side=15: the shift returned 225 of its pixels, the flip a reshape error."""
+    message = "`image` must be one flattened 15 x 15 image, shape (225,); got (256,)."
+    with pytest.raises(ValueError, match=re.escape(message)):
+        flip_image(jnp.ones(256), True, 15) if flip else shift_image(jnp.ones(256), jnp.array([1, 0]), 15)
