@@ -72,6 +72,10 @@ def test_derivative():
     for z in (-0.3, -0.2, -0.1):
         check_grads(lambda x: lambertw(x, -1), (jnp.float64(z),), order=2, modes=("fwd", "rev"))
     assert float(jax.grad(lambertw)(0.0)) == 1.0  # finite at z = 0
+    # the limits at the infinite ends (both were nan): W0(inf) = inf is flat, W_{-1} falls to -inf at 0
+    assert float(jax.grad(lambertw)(jnp.inf)) == 0.0
+    assert float(jax.grad(lambda x: lambertw(x, -1))(0.0)) == -np.inf
+    assert np.isnan(float(jax.grad(lambertw)(-1.0)))  # outside the domain, as the value
     # dW/dz = W / (z (1 + W))
     z = jnp.linspace(0.1, 50.0, 20)
     w = lambertw(z)

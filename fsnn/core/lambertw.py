@@ -118,14 +118,18 @@ def _lambertw(z: Array, branch: int) -> Array:
 def _lambertw_jvp(branch: int, primals, tangents):
     (z,), (dz,) = primals, tangents
     w = _lambertw(z, branch)
-    # dW/dz = W / (z (1 + W)) = 1 / (exp(W) (1 + W)); the second form is used near z = 0.
-    small = jnp.abs(z) < 0.5
+    # dW/dz = W / (z (1 + W)) = 1 / (exp(W) (1 + W)); the second form is used near z = 0. At the
+    # infinite ends the limits: W0(inf) = inf has slope 0, W_{-1}(0) = -inf slope -inf (nan stays nan).
+    finite = jnp.isfinite(w)
+    small = (jnp.abs(z) < 0.5) & finite
+    big = ~small & finite
     w_small = jnp.where(small, w, 0.0)
     d_small = 1.0 / (jnp.exp(w_small) * (1.0 + w_small))
-    z_big = jnp.where(small, 1.0, z)
-    w_big = jnp.where(small, 1.0, w)
+    z_big = jnp.where(big, z, 1.0)
+    w_big = jnp.where(big, w, 1.0)
     d_big = w_big / (z_big * (1.0 + w_big))
-    return w, jnp.where(small, d_small, d_big) * dz
+    d_end = jnp.where(w == jnp.inf, 0.0, jnp.where(w == -jnp.inf, -jnp.inf, jnp.nan))
+    return w, jnp.where(small, d_small, jnp.where(big, d_big, d_end)) * dz
 
 
 def lambertw(z: Float[ArrayLike, "*shape"], branch: int = 0) -> Float[Array, "*shape"]:
