@@ -789,16 +789,16 @@ def activity_summary(evaluation: dict, tau_us: float) -> dict[str, Any]:
     }
 
 
-def _progress(total: int, initial: int, quiet: bool):
+def _progress(total: int, initial: int, quiet: bool, label: str = ""):
     """A bar in a terminal or a notebook (both show tqdm's carriage returns in place); in a log
-    file (a batch job) a line now and then; nothing when ``quiet``."""
+    file (a batch job) a line now and then; nothing when ``quiet``. ``label`` names what trains."""
     if quiet:
         return None
     if sys.stderr.isatty() or _in_notebook():
         from tqdm.std import tqdm  # (tqdm.notebook would need ipywidgets)
 
-        return tqdm(total=total, initial=initial, unit="epoch", dynamic_ncols=True)
-    return _EpochLines(total, initial)
+        return tqdm(total=total, initial=initial, unit="epoch", dynamic_ncols=True, desc=label or None)
+    return _EpochLines(total, initial, label)
 
 
 def _in_notebook() -> bool:
@@ -810,12 +810,12 @@ class _EpochLines:
     """Progress for a log (stderr not a terminal): the first epoch, then one line every
     `_LOG_SECONDS`, and the last; the same calls as a tqdm bar."""
 
-    def __init__(self, total: int, initial: int):
-        self.total, self.n, self.postfix = total, initial, {}
+    def __init__(self, total: int, initial: int, label: str = ""):
+        self.total, self.n, self.postfix, self.label = total, initial, {}, f"{label}: " if label else ""
         self.start, self.printed = time.perf_counter(), None
 
-    def set_postfix(self, **values: str) -> None:
-        self.postfix = values
+    def set_postfix(self, values: dict[str, str] | None = None, **more: str) -> None:
+        self.postfix = {**(values or {}), **more}
 
     def update(self, n: int) -> None:
         self.n += n
@@ -823,7 +823,8 @@ class _EpochLines:
         if self.printed is None or now - self.printed >= _LOG_SECONDS or self.n == self.total:
             self.printed = now
             values = "".join(f", {k} {v}" for k, v in self.postfix.items())
-            print(f"epoch {self.n}/{self.total}{values} ({now - self.start:.1f} s)", file=sys.stderr, flush=True)
+            line = f"{self.label}epoch {self.n}/{self.total}{values} ({now - self.start:.1f} s)"
+            print(line, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         pass

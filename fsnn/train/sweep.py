@@ -199,7 +199,13 @@ def _programs(config: Config, mesh: Mesh | None = None) -> _Programs:
 
 
 def _train_group(
-    configs: list[Config], data_dir, quiet: bool, log, ckpt_dir: Path | None, mesh: Mesh | None = None
+    configs: list[Config],
+    data_dir,
+    quiet: bool,
+    log,
+    ckpt_dir: Path | None,
+    mesh: Mesh | None = None,
+    label: str = "",
 ) -> tuple[list[dict[str, Any]], TrainState, float]:
     """Train ``configs`` (one group) together; per-run results, the stacked final state, seconds.
 
@@ -231,7 +237,7 @@ def _train_group(
         best_val, best_epoch = np.asarray(saved["best_val"], np.float64), np.asarray(saved["best_epoch"], np.int64)
     hps, runs, best_params = _spread((hps, runs, best_params), mesh, n)
     start = int(runs.epoch[0])
-    progress = _progress(first.epochs, start, quiet)
+    progress = _progress(first.epochs, start, quiet, label)
     t0 = time.perf_counter()
     val = None
     logged = runs, best_params, best_val, best_epoch  # as of the last epoch in metrics.jsonl
@@ -259,7 +265,7 @@ def _train_group(
             ):
                 checkpoint.save(ckpt_dir, snapshot(*logged), step=epoch + 1)
             if progress is not None:
-                progress.set_postfix(val=f"{val_accuracy.mean():.3f}")
+                progress.set_postfix({"mean val": f"{val_accuracy.mean():.3f}"})
                 progress.update(1)
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM under the command line: keep the epochs done
         logged = jax.device_get(logged)  # on the host: a device computation would wait for the running epoch
@@ -367,7 +373,8 @@ def sweep(
             _prepare_workdir(workdir, configs, resume)
         rows: list[dict[str, Any]] = [{} for _ in configs]
         states: list[Any] = [None] * len(configs)
-        for g, indices in enumerate(_groups(configs)):
+        groups = _groups(configs)
+        for g, indices in enumerate(groups):
 
             def log(row, g=g):
                 if workdir is not None:
@@ -375,8 +382,9 @@ def sweep(
                         f.write(json.dumps({"group": g, **row}) + "\n")
 
             ckpt_dir = None if workdir is None else workdir / "checkpoints" / f"group-{g}"
+            label = (f"group {g + 1}/{len(groups)}, " if len(groups) > 1 else "") + f"{len(indices)} runs"
             group_rows, stacked, seconds = _train_group(
-                [configs[i] for i in indices], data_dir, quiet, log, ckpt_dir, mesh
+                [configs[i] for i in indices], data_dir, quiet, log, ckpt_dir, mesh, label
             )
             for j, i in enumerate(indices):
                 rows[i] = {
