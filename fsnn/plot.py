@@ -39,7 +39,7 @@ def read_metrics(workdir: str | Path) -> list[dict]:
     path = Path(workdir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {workdir} a run directory written by `fsnn train`?")
-    from fsnn.train.loop import read_jsonl
+    from fsnn.train.checkpoint import read_jsonl
 
     return read_jsonl(path)
 

@@ -3,7 +3,8 @@
 Each checkpoint's folder also holds the sha256 of its files (`_DIGEST`, written once orbax has
 committed it), so that a damaged checkpoint is found before orbax reads it: one clear error
 instead of TensorStore's failures (or a silently changed weight in a resumed run). The run's
-small files (config, metrics log, results) are replaced atomically too (`write_atomic`).
+small files (config, metrics log, results) are replaced atomically too (`write_atomic`), and its
+logs read back without a row that a killed writer cut off (`read_jsonl`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["CheckpointError", "save", "restore_latest", "latest_epoch", "write_atomic"]
+__all__ = ["CheckpointError", "save", "restore_latest", "latest_epoch", "write_atomic", "read_jsonl"]
 
 T = TypeVar("T")
 _DIGEST = "fsnn_sha256.json"
@@ -67,6 +68,13 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:  # an interrupt or a full disk: the old file stays
         tmp.unlink(missing_ok=True)
         raise
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSON-lines log such as ``metrics.jsonl``. A last line without its newline is left
+    out: its writer was killed in the middle of it (or is writing it now)."""
+    text = Path(path).read_text()
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
 
 
 def _digest(folder: Path) -> dict[str, str]:

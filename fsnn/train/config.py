@@ -16,6 +16,8 @@ from typing import Any
 from fsnn.core.neuron import LIFParams
 from fsnn.substrate import Substrate, check_substrate
 
+MAX_SEED = 2**31 - 1  # JAX keys are made from 32-bit seeds (seed and substrate_seed >= -2**31 too)
+
 __all__ = ["Config", "ConfigError", "load_config", "apply_overrides", "saved_configs", "EXPERIMENTS_DIR"]
 
 
@@ -199,8 +201,8 @@ class Config:
         for key in ("train_size", "eval_size", "checkpoint_every", "devices"):
             if getattr(self, key) < 0:
                 bad(key, f"must be >= 0; got {getattr(self, key)}.")
-        for key in ("seed", "substrate_seed"):  # JAX keys are made from 32-bit seeds
-            if not -(2**31) <= getattr(self, key) < 2**31:
+        for key in ("seed", "substrate_seed"):
+            if not -MAX_SEED - 1 <= getattr(self, key) <= MAX_SEED:
                 bad(key, f"must be a 32-bit integer, -2**31 .. 2**31 - 1; got {getattr(self, key)}.")
         if any(h < 1 for h in self.hidden):
             bad("hidden", f"sizes must be positive integers; got {self.hidden}.")

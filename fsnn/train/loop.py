@@ -588,13 +588,6 @@ def _enable_dtype(config: Config) -> None:
         jax.config.update("jax_enable_x64", True)
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The rows of a JSON-lines log such as ``metrics.jsonl``. A last line without its newline is left
-    out: its writer was killed in the middle of it (or is writing it now)."""
-    text = Path(path).read_text()
-    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
-
-
 def wait_for(tree):
     """``tree`` once the device has computed it. Unlike reading values, `jax.block_until_ready` lets
     Ctrl-C and SIGTERM through while it waits: an interrupted run saves its last finished epoch at
@@ -694,7 +687,7 @@ def _train_and_evaluate(
     start_epoch = int(state.epoch)
     history = []
     if metrics_file.exists() and start_epoch > 0:
-        history = [h for h in read_jsonl(metrics_file) if h["epoch"] <= start_epoch]
+        history = [h for h in checkpoint.read_jsonl(metrics_file) if h["epoch"] <= start_epoch]
     checkpoint.write_atomic(metrics_file, "".join(json.dumps(h) + "\n" for h in history))
 
     x_train, y_train = data["train"]

@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fsnn import xla
 from fsnn.train import checkpoint
-from fsnn.train.config import Config, ConfigError, apply_overrides, saved_configs
+from fsnn.train.config import MAX_SEED, Config, ConfigError, apply_overrides, saved_configs
 from fsnn.train.loop import (
     DYNAMIC_KEYS,
     Trainer,
@@ -43,7 +43,6 @@ from fsnn.train.loop import (
     claim_workdir,
     hyperparameters,
     load_data,
-    read_jsonl,
     resolved_solver,
     standard_normal_kernels,
     wait_for,
@@ -65,10 +64,10 @@ def expand_grid(base: Config, seeds: int, grid: dict[str, Sequence[Any]]) -> lis
         raise ConfigError(f"--seeds must be >= 1; got {seeds}.")
     if "seed" in grid:
         raise ConfigError("sweep the seed with --seeds N (seeds base.seed .. base.seed + N - 1), not --set seed=...")
-    if base.seed + seeds > 2**31:
+    if base.seed + seeds - 1 > MAX_SEED:
         raise ConfigError(
             f"--seeds {seeds} from seed {base.seed} reaches seed {base.seed + seeds - 1}, past the largest, "
-            f"2**31 - 1; start at --seed {2**31 - seeds} or lower."
+            f"2**31 - 1; start at --seed {MAX_SEED + 1 - seeds} or lower."
         )
     configs = []
     for combo in itertools.product(*grid.values()):
@@ -335,7 +334,7 @@ def _prepare_workdir(workdir: Path, configs: list[Config], resume: bool) -> None
             done[int(ckpt.name.split("-")[1])] = checkpoint.latest_epoch(ckpt) or 0
     workdir.mkdir(parents=True, exist_ok=True)
     checkpoint.write_atomic(configs_file, json.dumps([json.loads(c.to_json()) for c in configs], indent=1))
-    rows = read_jsonl(metrics_file) if metrics_file.exists() and done else []
+    rows = checkpoint.read_jsonl(metrics_file) if metrics_file.exists() and done else []
     kept = [row for row in rows if row["epoch"] <= done.get(row["group"], 0)]
     checkpoint.write_atomic(metrics_file, "".join(json.dumps(row) + "\n" for row in kept))
 
@@ -455,7 +454,7 @@ def sweep_run_metrics(workdir: str | Path, run: int | None) -> list[dict[str, An
     _, g, indices = _run_of(workdir, run)
     j = indices.index(run)
     rows = []
-    for row in read_jsonl(workdir / "metrics.jsonl"):
+    for row in checkpoint.read_jsonl(workdir / "metrics.jsonl"):
         if row.get("group") == g:
             per_run = {k: v[j] for k, v in row.items() if k not in ("group", "epoch")}
             rows.append({"epoch": row["epoch"], "val_loss": math.nan, **per_run})  # older sweeps logged none
