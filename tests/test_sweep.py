@@ -58,6 +58,13 @@ def test_sweep_resumes_exactly_and_is_never_overwritten(tmp_path):
         sweep(long, tmp_path / "b", quiet=True)
     with pytest.raises(ConfigError, match="different runs"):
         sweep(long[:2], tmp_path / "b", quiet=True, resume=True)
+    log = (tmp_path / "b" / "metrics.jsonl").read_text()
+    (tmp_path / "b" / "metrics.jsonl").write_text("{oops\n" + log)  # a line changed by hand
+    before = {f: f.read_bytes() for f in (tmp_path / "b").glob("*.json*")}
+    with pytest.raises(checkpoint.CheckpointError, match="^line 1 of .*metrics.jsonl is not a row that fsnn wrote"):
+        sweep(long, tmp_path / "b", quiet=True, resume=True)
+    assert {f: f.read_bytes() for f in before} == before  # (configs.json was rewritten before the log was read)
+    (tmp_path / "b" / "metrics.jsonl").write_text(log)
     for _ in range(2):  # continue from epoch 1; then once more, with nothing left to train
         rows, resumed = sweep(long, tmp_path / "b", quiet=True, resume=True)
         for a, b in zip(straight, resumed):

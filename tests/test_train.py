@@ -148,6 +148,24 @@ def test_an_interrupt_while_resume_rewrites_the_log_loses_no_row(tmp_path, monke
     assert [row["epoch"] for row in read_metrics(run)] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("line", ['{"epoch": 1, "train_lo', "[1, 2]"])
+def test_a_log_line_changed_by_hand_is_named_with_its_fix(tmp_path, line):
+    run = tmp_path / "run"
+    train_and_evaluate(dataclasses.replace(TINY, epochs=3), run, quiet=True)
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join([line, *rows[1:]]) + "\n")  # (was a JSONDecodeError or KeyError)
+    before = {f: f.read_bytes() for f in run.glob("*.json*")}
+    for read in (
+        lambda: read_metrics(run),
+        lambda: train_and_evaluate(dataclasses.replace(TINY, epochs=4), run, resume=True, quiet=True),
+    ):
+        with pytest.raises(checkpoint.CheckpointError, match=f"^line 1 of {run / 'metrics.jsonl'} is not a row that"):
+            read()
+    assert {f: f.read_bytes() for f in before} == before
+    (run / "metrics.jsonl").write_text("\n".join(rows[1:]) + "\n")  # the fix the error names
+    assert [row["epoch"] for row in read_metrics(run)] == [2, 3]
+
+
 def test_a_damaged_checkpoint_is_named_with_its_fix_and_nothing_is_lost(tmp_path):
     run = tmp_path / "run"
     straight = train_and_evaluate(dataclasses.replace(TINY, epochs=3), tmp_path / "straight", quiet=True)

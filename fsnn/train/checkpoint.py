@@ -72,9 +72,24 @@ def write_atomic(path: Path, text: str) -> None:
 
 def read_jsonl(path: Path) -> list[dict]:
     """The rows of a JSON-lines log such as ``metrics.jsonl``. A last line without its newline is left
-    out: its writer was killed in the middle of it (or is writing it now)."""
+    out: its writer was killed in the middle of it (or is writing it now). Any other line that is not
+    a JSON object is a `CheckpointError` that names it."""
     text = Path(path).read_text()
-    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(text[: text.rfind("\n") + 1].splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+            problem = None if isinstance(rows[-1], dict) else "not an object"
+        except ValueError as err:
+            problem = str(err)
+        if problem:  # a line changed by hand
+            raise CheckpointError(
+                f"line {number} of {path} is not a row that fsnn wrote ({problem}); restore or delete that line "
+                "(the run's checkpoints do not depend on it)."
+            )
+    return rows
 
 
 def _digest(folder: Path) -> dict[str, str]:

@@ -681,14 +681,14 @@ def _train_and_evaluate(
                 f"--resume: the run in {workdir} is checkpointed at epoch {int(state.epoch)}, past `epochs` "
                 f"({config.epochs}); give --epochs {int(state.epoch)} (re-evaluates it) or more."
             )
-    # Only once data and checkpoint are there: a failed start changes nothing.
-    checkpoint.write_atomic(config_file, config.to_json())
-    state = trainer.place(state)
     start_epoch = int(state.epoch)
     history = []
     if metrics_file.exists() and start_epoch > 0:
         history = [h for h in checkpoint.read_jsonl(metrics_file) if h["epoch"] <= start_epoch]
+    # Only once data, checkpoint and log are read: a failed start changes nothing.
+    checkpoint.write_atomic(config_file, config.to_json())
     checkpoint.write_atomic(metrics_file, "".join(json.dumps(h) + "\n" for h in history))
+    state = trainer.place(state)
 
     x_train, y_train = data["train"]
     x_val, y_val = data["validation"]

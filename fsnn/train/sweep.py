@@ -332,10 +332,10 @@ def _prepare_workdir(workdir: Path, configs: list[Config], resume: bool) -> None
             )
         for ckpt in (workdir / "checkpoints").glob("group-*"):
             done[int(ckpt.name.split("-")[1])] = checkpoint.latest_epoch(ckpt) or 0
-    workdir.mkdir(parents=True, exist_ok=True)
-    checkpoint.write_atomic(configs_file, json.dumps([json.loads(c.to_json()) for c in configs], indent=1))
     rows = checkpoint.read_jsonl(metrics_file) if metrics_file.exists() and done else []
     kept = [row for row in rows if row["epoch"] <= done.get(row["group"], 0)]
+    workdir.mkdir(parents=True, exist_ok=True)
+    checkpoint.write_atomic(configs_file, json.dumps([json.loads(c.to_json()) for c in configs], indent=1))
     checkpoint.write_atomic(metrics_file, "".join(json.dumps(row) + "\n" for row in kept))
 
 
