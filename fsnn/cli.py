@@ -261,10 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             print("fsnn: interrupted.", file=sys.stderr)
             return 130
         done = "the epochs done are checkpointed: the same command with --resume continues."
-        if isinstance(interrupt, Interrupted):  # `fsnn train` within its epochs knows which
-            done = f"epochs 1-{interrupt.epoch} are checkpointed: the same command with --resume continues."
-            if not interrupt.epoch:
-                done = "no epoch had ended, nothing is checkpointed: the same command starts the run again."
+        if isinstance(interrupt, Interrupted):  # within its epochs, training knows which
+            done = interrupt.saved
         print(f"fsnn: interrupted; {done}", file=sys.stderr)
         return 130
     finally:

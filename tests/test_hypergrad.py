@@ -113,6 +113,13 @@ def test_bad_names_and_windows_are_rejected(setup):
         tune(trainer, ["xi"], train, val, steps=2, iterations=-1)  # (it returned no rows)
     with pytest.raises(ConfigError, match=r"`grid` lists no values for \['xi'\]"):
         grid_search(trainer, {"xi": [], "learning_rate": [0.01]}, train, val, steps=2)  # (a stacking error)
+    x, y = train
+    for run in (hypergradient, grid_search, tune):
+        names = {"xi": [0.1, 0.2]} if run is grid_search else ["xi"]
+        with pytest.raises(ValueError, match=r"^`train`: 1 labels outside 0..2 \(dataset 'yinyang'\)\.$"):
+            run(trainer, names, (x, y.at[0].set(3)), val, steps=2, **({"iterations": 1} if run is tune else {}))
+        with pytest.raises(ValueError, match=r"^`validation`: labels must be integers of shape \(50,\)"):
+            run(trainer, names, train, (val[0][:50], val[1]), steps=2, **({"iterations": 1} if run is tune else {}))
 
 
 def test_values_outside_the_model_are_rejected_before_anything_compiles(setup, monkeypatch):

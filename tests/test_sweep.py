@@ -152,7 +152,7 @@ def test_an_interrupted_sweep_keeps_its_epochs_and_resumes_exactly(tmp_path, mon
 
     busy = []
     monkeypatch.setattr(sweep_module, "_to_python", interrupt_in_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(checkpoint.Interrupted, match="^epochs 1-2 are checkpointed: the same command with --resume"):
         sweep(configs, tmp_path, quiet=True)
     assert not busy[0].is_ready(), "saving the interrupted sweep waited for a computation"
     monkeypatch.undo()
@@ -166,6 +166,18 @@ def test_an_interrupted_sweep_keeps_its_epochs_and_resumes_exactly(tmp_path, mon
     ]
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2, 3, 4]
+
+
+def test_an_interrupted_sweep_says_which_group_it_kept_where():
+    """(The command line said "the epochs done are checkpointed" whatever the sweep had done.)"""
+    from fsnn.train.sweep import _saved
+
+    assert _saved(0, 1, 0) == "no epoch had ended: the same command with --resume continues."
+    assert _saved(0, 3, 4) == "epochs 1-4 of group 1/3 are checkpointed: the same command with --resume continues."
+    assert (
+        _saved(1, 3, 0) == "no epoch of group 2/3 had ended, group 1 is done: the same command with --resume continues."
+    )
+    assert _saved(2, 3, 7).startswith("epochs 1-7 of group 3/3 are checkpointed, groups 1-2 are done: ")
 
 
 def test_sweep_writes_report_and_table(tmp_path, capsys):

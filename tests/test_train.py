@@ -73,6 +73,30 @@ def test_epoch_compiles_once():
     assert np.isfinite(float(metrics["train_loss"]))
 
 
+def test_a_split_that_does_not_fit_the_network_is_one_clear_error():
+    """Each trained or evaluated silently before: fewer labels than inputs, labels of no output neuron
+    (accuracy 0), one label per row of a column (accuracy 19.5)."""
+    trainer = Trainer(TINY)
+    x, y = load_data(TINY)["train"]
+    state = trainer.init_state()
+    cases = {
+        "labels must be integers of shape \\(300,\\), one per input; got int32 \\(290,\\)": (x, y[:290]),
+        "labels must be integers .*; got int32 \\(300, 1\\)": (x, y[:, None]),
+        "labels must be integers .*; got float32 \\(300,\\)": (x, y.astype(np.float32)),
+        "1 labels outside 0..2": (x, y.at[7].set(3)),
+        "2 labels outside 0..2": (x, y.at[:2].set(-1)),
+        "input spike times must be floats of shape \\(N, 4\\); got float32 \\(300, 5\\)": (np.c_[x, x[:, :1]], y),
+        "input spike times .*; got int32 \\(300, 4\\)": (x.astype(np.int32), y),
+        "no samples": (x[:0], y[:0]),
+    }
+    for message, split in cases.items():
+        for run, first in ((trainer.train_epoch, state), (trainer.evaluate, state.params)):
+            with pytest.raises(ValueError, match=f"^`x, y`: {message} \\(dataset 'yinyang'\\).$"):
+                run(first, *split)
+    state, _ = trainer.train_epoch(state, x, y)  # the same split unchanged trains
+    assert int(state.epoch) == 1
+
+
 def test_a_batch_larger_than_the_training_set_is_the_whole_set():
     """No padding to `batch_size`: the step sees the 300 samples (and their noise) as batch_size=300 does."""
     noisy = dataclasses.replace(TINY, input_noise=0.1)

@@ -33,11 +33,12 @@ class CheckpointError(RuntimeError):
 
 class Interrupted(KeyboardInterrupt):
     """Training stopped by Ctrl-C (or SIGTERM under the command line) after the epochs done were
-    saved: ``epoch`` is the last epoch checkpointed, 0 when none is."""
+    saved: ``epoch`` is the last epoch checkpointed (0 when none is), ``saved`` says in words what is
+    kept and how to go on."""
 
-    def __init__(self, epoch: int):
-        super().__init__(epoch)
-        self.epoch = epoch
+    def __init__(self, epoch: int, saved: str):
+        super().__init__(saved)
+        self.epoch, self.saved = epoch, saved
 
 
 def _manager(directory: Path) -> ocp.CheckpointManager:

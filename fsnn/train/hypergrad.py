@@ -128,6 +128,7 @@ def unrolled_validation_loss(
     window = steps if window is None else window
     if not 0 < window <= steps:
         raise ConfigError(f"`window` must be in [1, steps={steps}]; got {window}.")
+    _check_data(trainer, train, validation)  # under a caller's jit: shapes and dtypes only
     x, y = train
     n = x.shape[0]
     per_epoch = math.ceil(n / trainer.config.batch_size)
@@ -182,9 +183,16 @@ def hypergradient(
             "the hypergradient in `neuron_lr_scale` needs learned neuron parameters; set config key "
             "`trainable_neuron` (e.g. ('threshold',))."
         )
+    _check_data(trainer, train, validation)
     hp = trainer.hp if hp is None else hp
     fn = _compiled(trainer, tuple(names), steps, window, remat)
     return fn({n: get_hyper(hp, n) for n in names}, hp, train, validation)
+
+
+def _check_data(trainer: Trainer, train: tuple[jax.Array, jax.Array], validation: tuple[jax.Array, jax.Array]):
+    """`Trainer.check_split` of both splits; before compiling, so that the labels' values are checked too."""
+    trainer.check_split(*train, name="train")
+    trainer.check_split(*validation, name="validation")
 
 
 def _compiled(trainer: Trainer, names: tuple[str, ...], steps: int, window: int | None, remat: bool):
@@ -274,6 +282,7 @@ def grid_search(
     All points run in one compiled program (`jax.vmap` over the hyperparameters). One row per
     point with the values and the loss.
     """
+    _check_data(trainer, train, validation)
     hp = trainer.hp if hp is None else hp
     names = list(grid)
     choices = sorted({*hp, *NEURON_KEYS} - {"neuron", "substrate"})

@@ -220,8 +220,28 @@ class Trainer:
     def n_devices(self) -> int:
         return 1 if self.mesh is None else self.mesh.size
 
+    def check_split(self, x: jax.Array, y: jax.Array, name: str = "x, y") -> None:
+        """Raise a ValueError unless ``x`` (N, n_inputs) are floating input spike times and ``y`` (N,)
+        integer labels of the output layer's classes (their values are checked where concrete)."""
+        config = self.config
+        (x_shape, x_dtype), (y_shape, y_dtype) = ((np.shape(a), jnp.result_type(a)) for a in (x, y))
+        problem = None
+        if len(x_shape) != 2 or x_shape[1] != config.n_inputs or not jnp.issubdtype(x_dtype, jnp.floating):
+            problem = f"input spike times must be floats of shape (N, {config.n_inputs}); got {x_dtype} {x_shape}"
+        elif y_shape != x_shape[:1] or not jnp.issubdtype(y_dtype, jnp.integer):
+            problem = f"labels must be integers of shape ({x_shape[0]},), one per input; got {y_dtype} {y_shape}"
+        elif not x_shape[0]:
+            problem = "no samples"
+        elif not isinstance(y, jax.core.Tracer):
+            labels = np.asarray(y)  # (numpy: a jnp reduction would be traced inside a caller's jit)
+            wrong = int(np.sum((labels < 0) | (labels >= config.n_classes)))
+            problem = f"{wrong} labels outside 0..{config.n_classes - 1}" if wrong else None
+        if problem:
+            raise ValueError(f"`{name}`: {problem} (dataset {config.dataset!r}).")
+
     def train_epoch(self, state: TrainState, x: jax.Array, y: jax.Array, hp: dict | None = None):
         """One compiled epoch: ``(state, summary)``."""
+        self.check_split(x, y)
         with sharded_search(self.mesh):
             return self.jit_train_epoch(state, x, y, self.hp if hp is None else hp)
 
@@ -234,6 +254,7 @@ class Trainer:
         run trains, i.e. ``config.in_the_loop``).
         """
         on_substrate = self.config.in_the_loop if on_substrate is None else on_substrate
+        self.check_split(x, y)
         with sharded_search(self.mesh):
             return self.jit_evaluate(params, x, y, self.hp if hp is None else hp, on_substrate)
 
@@ -724,7 +745,11 @@ def _train_and_evaluate(
     except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM under the command line: keep the epochs done
         if int(logged.epoch) > start_epoch:
             checkpoint.save(ckpt_dir, logged)
-        raise checkpoint.Interrupted(int(logged.epoch)) from interrupt  # epoch start_epoch was restored
+        epoch = int(logged.epoch)  # (start_epoch was restored: it is checkpointed too)
+        saved = f"epochs 1-{epoch} are checkpointed: the same command with --resume continues."
+        if not epoch:
+            saved = "no epoch had ended, nothing is checkpointed: the same command starts the run again."
+        raise checkpoint.Interrupted(epoch, saved) from interrupt
     train_seconds = time.perf_counter() - t0
     if progress is not None:
         progress.close()

@@ -204,14 +204,15 @@ def _train_group(
     log,
     ckpt_dir: Path | None,
     mesh: Mesh | None = None,
-    label: str = "",
+    group: tuple[int, int] = (0, 1),
 ) -> tuple[list[dict[str, Any]], TrainState, float]:
     """Train ``configs`` (one group) together; per-run results, the stacked final state, seconds.
 
     With ``ckpt_dir`` the group's progress (stacked states, best-validation weights) is saved there
     every ``checkpoint_every`` epochs and at the end, and training continues from the latest save.
     With ``mesh`` the runs are sharded over its devices (`_spread`); checkpoints hold the real runs
-    only, so a sweep resumes on any number of devices.
+    only, so a sweep resumes on any number of devices. ``group`` (index, count) names the group in
+    the progress and in the `checkpoint.Interrupted` that Ctrl-C raises once the epochs done are saved.
     """
     first = configs[0]
     if first.devices != 1:
@@ -236,6 +237,8 @@ def _train_group(
         best_val, best_epoch = np.asarray(saved["best_val"], np.float64), np.asarray(saved["best_epoch"], np.int64)
     hps, runs, best_params = _spread((hps, runs, best_params), mesh, n)
     start = int(runs.epoch[0])
+    g, groups = group
+    label = (f"group {g + 1}/{groups}, " if groups > 1 else "") + f"{n} runs"
     progress = _progress(first.epochs, start, quiet, label)
     t0 = time.perf_counter()
     val = None
@@ -266,11 +269,14 @@ def _train_group(
             if progress is not None:
                 progress.set_postfix({"mean val": f"{val_accuracy.mean():.3f}"})
                 progress.update(1)
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM under the command line: keep the epochs done
+    except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM under the command line: keep the epochs done
+        if ckpt_dir is None:
+            raise
         logged = jax.device_get(logged)  # on the host: a device computation would wait for the running epoch
-        if ckpt_dir is not None and logged[0].epoch[0] > start:
-            checkpoint.save(ckpt_dir, snapshot(*logged), step=int(logged[0].epoch[0]))
-        raise
+        epoch = int(logged[0].epoch[0])
+        if epoch > start:
+            checkpoint.save(ckpt_dir, snapshot(*logged), step=epoch)
+        raise checkpoint.Interrupted(epoch, _saved(g, groups, epoch)) from interrupt
     seconds = time.perf_counter() - t0
     if progress is not None:
         progress.close()
@@ -381,9 +387,8 @@ def sweep(
                         f.write(json.dumps({"group": g, **row}) + "\n")
 
             ckpt_dir = None if workdir is None else workdir / "checkpoints" / f"group-{g}"
-            label = (f"group {g + 1}/{len(groups)}, " if len(groups) > 1 else "") + f"{len(indices)} runs"
             group_rows, stacked, seconds = _train_group(
-                [configs[i] for i in indices], data_dir, quiet, log, ckpt_dir, mesh, label
+                [configs[i] for i in indices], data_dir, quiet, log, ckpt_dir, mesh, (g, len(groups))
             )
             for j, i in enumerate(indices):
                 rows[i] = {
@@ -399,6 +404,16 @@ def sweep(
             report = {"base": dataclasses.asdict(base), "runs": rows, "summary": summarize(rows)}
             checkpoint.write_atomic(workdir / "sweep.json", json.dumps(report, indent=2))
         return rows, states
+
+
+def _saved(group: int, groups: int, epoch: int) -> str:
+    """What an interrupted sweep kept, for `checkpoint.Interrupted`: group ``group`` (counted from 0)
+    of ``groups`` was checkpointed at ``epoch``, those before it had finished."""
+    name = f" of group {group + 1}/{groups}" if groups > 1 else ""
+    saved = [f"epochs 1-{epoch}{name} are checkpointed" if epoch else f"no epoch{name} had ended"]
+    if group:
+        saved.append(f"groups 1-{group} are done" if group > 1 else "group 1 is done")
+    return ", ".join(saved) + ": the same command with --resume continues."
 
 
 def _run_of(workdir: Path, run: int | None) -> tuple[list[Config], int, list[int]]:
