@@ -280,6 +280,14 @@ def test_encode_16_crops_resizes_and_silences_background():
         encode_images(images, size=20)
     with pytest.raises(ValueError, match="28, 28"):
         encode_images(np.zeros((2, 16, 16), np.uint8))
+    scaled = images / 255.0  # (encoded as almost blank: every pixel near t_late, or silent)
+    for wrong, got in (
+        (scaled, r"float64 values in \[0.0, 1.0\]"),
+        (images.astype(int) * 2, r"int64 values in \[0, 510\]"),
+    ):
+        with pytest.raises(ValueError, match=f"^`images` must be pixel values 0..255 .*; got {got}. For images scaled"):
+            encode_images(wrong, size=16)
+    np.testing.assert_array_equal(encode_images(images.astype(np.int64), size=16), times)  # other integer types
     for t_early, t_late in ((2.0, 0.15), (0.5, 0.5), (-0.1, 2.0), (0.15, np.inf)):
         with pytest.raises(ValueError, match=r"0 <= `t_early` < `t_late` \(finite\)"):
             encode_images(images, t_early=t_early, t_late=t_late)

@@ -369,6 +369,12 @@ def encode_images(images: np.ndarray, *, size: int = 28, t_early: float = 0.15, 
     images = np.asarray(images)
     if images.ndim != 3 or images.shape[1:] != (28, 28):
         raise ValueError(f"`images` must have shape [n, 28, 28]; got {images.shape}.")
+    if not np.issubdtype(images.dtype, np.integer) or images.size and not 0 <= images.min() <= images.max() <= 255:
+        raise ValueError(
+            f"`images` must be pixel values 0..255 (uint8, as in the MNIST files); got {images.dtype} values"
+            + (f" in [{images.min()}, {images.max()}]" if images.size else "")
+            + ". For images scaled to [0, 1], pass `np.round(images * 255).astype(np.uint8)`."
+        )
     if size not in (16, 28):
         raise ValueError(f"`size` must be 28 or 16; got {size}.")
     if not 0 <= t_early < t_late < np.inf:
