@@ -63,6 +63,10 @@ class SpikingDense(nnx.Module):
             raise ValueError(f"`trainable` holds unknown fields {sorted(unknown)}; allowed: {NEURON_FIELDS}.")
         if in_features < 0 or out_features <= 0:
             raise ValueError(f"layer sizes must be positive; got in={in_features}, out={out_features}.")
+        if not init_std >= 0:
+            raise ValueError(f"`init_std` must be >= 0; got {init_std}.")
+        if any(b != b for b in map(float, bias_times)):
+            raise ValueError(f"`bias_times` must be spike times (inf: silent), not nan; got {tuple(bias_times)}.")
         self.in_features, self.out_features = in_features, out_features
         self.bias_times = tuple(float(b) for b in bias_times)
         n_rows = in_features + len(self.bias_times)
@@ -85,6 +89,9 @@ class SpikingDense(nnx.Module):
     def neuron_with(self, fixed: Mapping[str, ArrayLike] | None = None) -> LIFParams:
         """The neuron parameters, with the fixed (not learned) ones optionally replaced by ``fixed``."""
         values = dict(self.neuron_fixed)
+        unknown = sorted(set(fixed or ()) - set(NEURON_FIELDS))
+        if unknown:  # (a misspelt key would change nothing without a word)
+            raise ValueError(f"neuron values {unknown} are no `LIFParams` fields; choose from {NEURON_FIELDS}.")
         if fixed is not None:
             values.update({k: v for k, v in fixed.items() if k in self.neuron_fixed})
         values.update({k: v[...] for k, v in self.neuron_learned.items()})
@@ -116,7 +123,7 @@ class SpikingDense(nnx.Module):
         """
         if self.neuron_learned:
             raise ValueError("`batch` trains weights only; a layer with learned neuron parameters needs `__call__`.")
-        input_times = self._checked(input_times)  # the batch's shape in the message
+        input_times = self._checked(input_times, batch=True)
         kernel = self.kernel[...]
         if input_scale != 1.0:
             kernel = kernel.at[: self.in_features].multiply(input_scale)
@@ -129,12 +136,13 @@ class SpikingDense(nnx.Module):
             drop_counter=drop_counter,
         )
 
-    def _checked(self, input_times: ArrayLike) -> Array:
-        """``input_times`` (one sample or a batch) in the parameters' dtype; its last axis must be the inputs."""
+    def _checked(self, input_times: ArrayLike, batch: bool = False) -> Array:
+        """``input_times`` of one sample ``[in_features]`` (or a ``batch``) in the parameters' dtype."""
         input_times = jnp.asarray(input_times, self.kernel[...].dtype)
-        if input_times.shape[-1:] != (self.in_features,):
-            shape = input_times.shape
-            raise ValueError(f"`input_times` must end in in_features = {self.in_features}; got shape {shape}.")
+        if (input_times.shape[1:] if batch else input_times.shape) != (self.in_features,):
+            want = f"a batch, shape (B, {self.in_features})" if batch else f"one sample, shape ({self.in_features},)"
+            other = " (one sample: `__call__`)" if batch else " (a batch: `batch`, or jax.vmap)"
+            raise ValueError(f"`input_times` must be {want}{other}; got shape {input_times.shape}.")
         return input_times
 
     def with_bias(self, input_times: Float[Array, " n_in"]) -> Float[Array, " n_rows"]:
@@ -166,6 +174,8 @@ class SpikingNetwork(nnx.Module):
         rngs: nnx.Rngs,
         **layer_kwargs,
     ):
+        if not sizes:
+            raise ValueError("`sizes` must list at least one layer (the last is the output layer); got none.")
         if len(init) != len(sizes):
             raise ValueError(f"`init` needs one (mean, std) pair per layer ({len(sizes)}); got {len(init)}.")
         fan_in = [in_features, *sizes[:-1]]
@@ -180,11 +190,16 @@ class SpikingNetwork(nnx.Module):
         self, input_times: Float[Array, " n_in"], neurons: Sequence[Mapping[str, ArrayLike]] | None = None
     ) -> list[Float[Array, " n"]]:
         """Spike times of every layer; ``neurons`` optionally gives each layer's fixed neuron values."""
+        self._check_neurons(neurons)
         out = []
         for i, layer in enumerate(self.layers):
             input_times = layer(input_times, None if neurons is None else neurons[i])
             out.append(input_times)
         return out
+
+    def _check_neurons(self, neurons: Sequence[Mapping[str, ArrayLike]] | None) -> None:
+        if neurons is not None and len(neurons) != len(self.layers):
+            raise ValueError(f"`neurons` needs one mapping per layer ({len(self.layers)}); got {len(neurons)}.")
 
     def batch(
         self,
@@ -204,8 +219,13 @@ class SpikingNetwork(nnx.Module):
         by ``1 / (1 - dropout)`` (inverted dropout: the expected input stays). The returned times
         are those before the removal (the layer did fire; remedies and statistics see that).
         """
+        if not 0 <= dropout < 1:
+            raise ValueError(
+                f"`dropout` (the probability of removing a hidden spike) must be in [0, 1); got {dropout}."
+            )
         if dropout and key is None:
             raise ValueError("`dropout` > 0 needs a `key`.")
+        self._check_neurons(neurons)
         counters = jnp.zeros(len(self.layers)) if drop_counters is None else drop_counters
         out = []
         for i, layer in enumerate(self.layers):

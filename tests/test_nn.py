@@ -59,9 +59,26 @@ def test_errors():
     net = SpikingNetwork(4, (8, 3), init=((1.0, 1.0), (1.0, 1.0)), rngs=nnx.Rngs(0))
     for call in (net, net.batch):  # the input, not the kernel with its bias rows, is named
         shape = (2, 5) if call == net.batch else (5,)
-        message = f"`input_times` must end in in_features = 4; got shape {shape}."
-        with pytest.raises(ValueError, match=re.escape(message)):
+        message = "a batch, shape (B, 4) (one sample: `__call__`)" if call == net.batch else "one sample, shape (4,)"
+        with pytest.raises(ValueError, match=re.escape(f"`input_times` must be {message}") + ".*got shape"):
             call(jnp.ones(shape))
+    # (each was a shape error from deep inside, or nothing at all)
+    one, two = jnp.ones(4), jnp.ones((2, 4))
+    for call, message in (
+        (lambda: net(two), r"must be one sample, shape \(4,\) \(a batch: `batch`, or jax.vmap\); got shape \(2, 4\)"),
+        (lambda: net.batch(one), r"must be a batch, shape \(B, 4\) .*; got shape \(4,\)"),
+        (lambda: net(one, [{"threshold": 1.1}]), r"`neurons` needs one mapping per layer \(2\); got 1"),
+        (lambda: net(one, [{"thresold": 1.1}, {}]), r"neuron values \['thresold'\] are no `LIFParams` fields"),
+        (lambda: net.batch(two, [{"tau_x": 1.0}, {}]), r"neuron values \['tau_x'\]"),
+        (lambda: net.batch(two, dropout=1.0, key=jax.random.key(0)), r"`dropout` .* must be in \[0, 1\); got 1.0"),
+        (lambda: net.batch(two, dropout=-0.1, key=jax.random.key(0)), r"`dropout` .*; got -0.1"),
+        (lambda: SpikingNetwork(4, (), init=(), rngs=nnx.Rngs(0)), "`sizes` must list at least one layer"),
+        (lambda: SpikingDense(4, 3, init_mean=1, init_std=-1, rngs=nnx.Rngs(0)), r"`init_std` must be >= 0; got -1"),
+        (lambda: SpikingDense(4, 3, init_mean=1, init_std=1, bias_times=(np.nan,), rngs=nnx.Rngs(0)), "not nan"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            call()
+    np.testing.assert_array_equal(net(one, [{"threshold": 1.0}, {}])[-1], net(one)[-1])  # known keys still work
 
 
 def test_dropout_removes_hidden_spikes_and_scales_the_next_layer():
