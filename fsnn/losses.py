@@ -13,9 +13,27 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int
 
 __all__ = ["ttfs_cross_entropy", "mse_spike_time", "first_spike_decision", "is_correct"]
+
+
+def _checked(times: Array, label: Array | None = None) -> tuple[Array, Array | None]:
+    """One sample's output ``times`` and its ``label`` (checked where concrete: a label past the outputs
+    would be clamped by JAX's indexing without a word)."""
+    times = jnp.asarray(times)
+    if times.ndim != 1:
+        raise ValueError(
+            f"`times` must be one sample's output spike times [n_out] (jax.vmap a batch); got {times.shape}."
+        )
+    if label is None:
+        return times, None
+    if np.ndim(label) or not jnp.issubdtype(jnp.result_type(label), jnp.integer):
+        raise ValueError(f"`label` must be one integer; got {jnp.result_type(label)} {np.shape(label)}.")
+    if not isinstance(label, jax.core.Tracer) and not 0 <= int(label) < times.shape[0]:
+        raise ValueError(f"`label` must be an output neuron, 0..{times.shape[0] - 1}; got {int(label)}.")
+    return times, jnp.asarray(label)
 
 
 def ttfs_cross_entropy(
@@ -28,6 +46,7 @@ def ttfs_cross_entropy(
     silent_loss: float = 10.0,
 ) -> Float[Array, ""]:
     """Cross-entropy of ``softmax(-T / xi)`` plus ``alpha exp(T_label / beta)``."""
+    times, label = _checked(times, label)
     t_label = times[label]
     ok = jnp.isfinite(t_label)
     # Silent outputs get logit -inf (probability 0) without ever computing inf / xi, whose
@@ -50,9 +69,8 @@ def mse_spike_time(
     t_silent: float = 4.0,
 ) -> Float[Array, ""]:
     """Mean squared distance to target times (label early, others late); silent counts as ``t_silent``."""
-    target = jnp.where(
-        jnp.arange(times.shape[0], dtype=jnp.int32) == jnp.asarray(label).astype(jnp.int32), t_correct, t_wrong
-    )
+    times, label = _checked(times, label)
+    target = jnp.where(jnp.arange(times.shape[0], dtype=jnp.int32) == label.astype(jnp.int32), t_correct, t_wrong)
     target = target.astype(times.dtype)
     clipped = jnp.where(jnp.isfinite(times), times, t_silent)
     return jnp.mean((clipped - target) ** 2)
@@ -60,9 +78,11 @@ def mse_spike_time(
 
 def first_spike_decision(times: Float[Array, " n_out"]) -> Int[Array, ""]:
     """Index of the first output spike; ``-1`` when all outputs are silent."""
+    times, _ = _checked(times)
     return jnp.where(jnp.any(jnp.isfinite(times)), jnp.argmin(times).astype(jnp.int32), jnp.int32(-1))
 
 
 def is_correct(times: Float[Array, " n_out"], label: Int[Array, ""]) -> Array:
     """Whether the first spike is the label neuron's (all silent counts as wrong)."""
-    return first_spike_decision(times) == jnp.asarray(label).astype(jnp.int32)
+    times, label = _checked(times, label)
+    return first_spike_decision(times) == label.astype(jnp.int32)

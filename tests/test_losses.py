@@ -59,3 +59,23 @@ def test_mse_targets_and_silent():
     np.testing.assert_allclose(mse_spike_time(t, jnp.asarray(0)), (4.0 - 2.5) ** 2 / 3)
     g = jax.grad(mse_spike_time)(t, jnp.asarray(0))
     assert bool(jnp.all(jnp.isfinite(g))) and float(g[2]) == 0.0
+
+
+def test_a_label_of_no_output_or_a_batch_is_one_clear_error():
+    """A label past the outputs was clamped by JAX indexing (scored as the last neuron's), a batch of
+    times was indexed by row: each gave a number without a word."""
+    import pytest
+
+    times = jnp.array([1.0, 0.5, jnp.inf])
+    for loss in (ttfs_cross_entropy, mse_spike_time, is_correct):
+        for label in (3, -1):
+            with pytest.raises(ValueError, match=rf"^`label` must be an output neuron, 0..2; got {label}\.$"):
+                loss(times, label)
+        with pytest.raises(ValueError, match=r"^`label` must be one integer; got int\d+ \(2,\)\.$"):
+            loss(times, jnp.array([0, 1]))
+        with pytest.raises(ValueError, match=r"^`times` must be one sample's output spike times .*; got \(2, 3\)\.$"):
+            loss(jnp.stack([times, times]), 1)
+        batched = jax.jit(jax.vmap(loss))(jnp.stack([times, times]), jnp.array([1, 0]))  # traced labels pass
+        assert batched.shape == (2,)
+    with pytest.raises(ValueError, match="`times` must be one sample's"):
+        first_spike_decision(jnp.stack([times, times]))
