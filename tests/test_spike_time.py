@@ -9,7 +9,15 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from jax.test_util import check_grads
 
-from fsnn import LIFParams, first_spike_time, layer_spike_times, membrane_potential, simulate_neuron
+from fsnn import (
+    LIFParams,
+    batch_spike_times,
+    first_spike_time,
+    layer_membrane,
+    layer_spike_times,
+    membrane_potential,
+    simulate_neuron,
+)
 
 PAPER = LIFParams()  # tau_m = tau_s = 1, g_l = 1, E_l = 0, theta = 1
 DOUBLE = LIFParams(tau_m=2.0, g_leak=0.5)  # tau_m = 2 tau_s, C = 1 (the paper's second setting)
@@ -83,6 +91,19 @@ def test_layer_equals_neurons_and_membrane_hits_threshold(params):
     assert 0 < int(fired.sum()) < w.shape[1]
     v = jax.vmap(lambda tt, ww: membrane_potential(tt, t, ww, params), in_axes=(0, 1))(jnp.where(fired, layer, 0.0), w)
     np.testing.assert_allclose(np.asarray(v)[np.asarray(fired)], params.threshold, atol=1e-12)
+    at_layer = layer_membrane(jnp.where(fired, layer, 0.0), t, w, params)  # the layer's own membrane
+    np.testing.assert_allclose(at_layer, v, rtol=1e-12)
+
+
+def test_layer_membrane_takes_what_layer_spike_times_takes():
+    """With the default (Python float) parameters it failed in `_row` ('float' has no `ndim`)."""
+    x, w = [0.0, 0.5], np.full((2, 3), 2.0)
+    t = layer_spike_times(jnp.asarray(x), jnp.asarray(w))
+    np.testing.assert_allclose(layer_membrane(t, x, w), 1.0, rtol=1e-5)  # lists, NumPy, default params
+    with pytest.raises(ValueError, match=r"`t` must have shape \[n_out\] = \[3\] .*; got \(2,\)"):
+        layer_membrane(t[:2], x, w)
+    with pytest.raises(ValueError, match=r"`weights` must have shape \[n_in, n_out\]"):
+        layer_membrane(t, x, w[:1])
 
 
 def test_per_neuron_parameters():
@@ -366,6 +387,17 @@ def test_auto_solver_and_errors():
         layer_spike_times(jnp.zeros(3), jnp.zeros((2, 3)))
     with pytest.raises(ValueError, match="`params.tau_m` must be a scalar or have shape"):
         layer_spike_times(jnp.zeros(2), jnp.zeros((2, 3)), LIFParams(tau_m=jnp.ones(4)))
+    calls = (  # (an AttributeError from deep inside; simulate_neuron took a plain tuple as it stood)
+        (first_spike_time, t, w),
+        (layer_spike_times, t, w[:, None]),
+        (membrane_potential, 1.0, t, w),
+        (simulate_neuron, np.asarray(t), np.asarray(w)),
+        (batch_spike_times, t[None], w[:, None]),
+    )
+    for params, fix in (({"tau_m": 2.0}, r"LIFParams\(\*\*params\)\); got dict"), ((1.0,) * 5, "e.g. .*; got tuple")):
+        for function, *args in calls:
+            with pytest.raises(TypeError, match=f"^`params` must be an fsnn.LIFParams \\({fix}"):
+                function(*args, params)
     for dtype in (jnp.int32, jnp.float16, jnp.bfloat16):  # (half precision failed in a bit cast of the sort)
         with pytest.raises(ValueError, match=f"must be float32 or float64; got {jnp.dtype(dtype).name}"):
             first_spike_time(t.astype(dtype), w.astype(dtype))

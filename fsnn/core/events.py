@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fsnn.core.neuron import LIFParams
+from fsnn.core.neuron import LIFParams, checked_params
 
 __all__ = ["EventTrace", "simulate_neuron"]
 
@@ -101,7 +101,7 @@ def simulate_neuron(
         samples: grid points per inter-event interval for the crossing search.
         horizon: how long after the last input to look (default ``20 max(tau_m, tau_s)``).
     """
-    p = LIFParams(*(float(x) for x in params))
+    p = LIFParams(*(float(x) for x in checked_params(params)))
     t = np.asarray(input_times, np.float64)
     w = np.asarray(weights, np.float64)
     keep = np.isfinite(t)

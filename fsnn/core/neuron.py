@@ -18,12 +18,13 @@ with Göltz et al. (2021), eq. 1 and its limit. Only the first spike counts, so 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
-__all__ = ["LIFParams", "psp_kernel", "membrane_potential", "expm1_ratio", "log1p_ratio"]
+__all__ = ["LIFParams", "psp_kernel", "membrane_potential", "expm1_ratio", "log1p_ratio", "checked_params"]
 
 
 class LIFParams(NamedTuple):
@@ -50,6 +51,14 @@ class LIFParams(NamedTuple):
     def astype(self, dtype) -> LIFParams:
         """The same parameters as arrays of ``dtype``."""
         return LIFParams(*(jnp.asarray(x, dtype) for x in self))
+
+
+def checked_params(params: LIFParams) -> LIFParams:
+    """``params``, which must be a `LIFParams` (a mapping or plain tuple fails here, not deep inside)."""
+    if not isinstance(params, LIFParams):
+        fix = "LIFParams(**params)" if isinstance(params, Mapping) else "e.g. LIFParams(tau_m=2.0)"
+        raise TypeError(f"`params` must be an fsnn.LIFParams ({fix}); got {type(params).__name__}.")
+    return params
 
 
 def expm1_ratio(x: Float[ArrayLike, "*s"]) -> Float[Array, "*s"]:
@@ -114,6 +123,7 @@ def membrane_potential(
         >>> float(membrane_potential(1.0, jnp.array([0.0]), jnp.array([1.0])))  # (1/C) 1 e^-1
         0.36787...
     """
+    params = checked_params(params)
     t = jnp.asarray(t)
     input_times = jnp.asarray(input_times)
     weights = jnp.asarray(weights)

@@ -54,7 +54,7 @@ from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, ArrayLike, Float
 
 from fsnn.core.lambertw import lambertw
-from fsnn.core.neuron import LIFParams, log1p_ratio, psp_kernel, psp_kernel_unmasked
+from fsnn.core.neuron import LIFParams, checked_params, log1p_ratio, psp_kernel, psp_kernel_unmasked
 
 __all__ = [
     "SOLVERS",
@@ -113,6 +113,7 @@ def resolve_solver(params: LIFParams, solver: Solver = "auto") -> str:
     """
     if solver not in ("auto", *SOLVERS):
         raise ValueError(f"`solver` must be one of 'auto', {', '.join(map(repr, SOLVERS))}; got {solver!r}.")
+    params = checked_params(params)
     tau_m, tau_s = _concrete(params.tau_m), _concrete(params.tau_s)
     theta, e_leak = _concrete(params.threshold), _concrete(params.e_leak)
     for name, val in (("tau_m", tau_m), ("tau_s", tau_s), ("g_leak", _concrete(params.g_leak))):
@@ -531,12 +532,28 @@ def _forward(solver: str, input_times, weights, params: LIFParams):
 
 
 def layer_membrane(
-    t: Float[Array, " n_out"],
-    input_times: Float[Array, " n_in"],
-    weights: Float[Array, "n_in n_out"],
-    params: LIFParams,
+    t: Float[ArrayLike, " n_out"],
+    input_times: Float[ArrayLike, " n_in"],
+    weights: Float[ArrayLike, "n_in n_out"],
+    params: LIFParams = LIFParams(),
 ) -> Float[Array, " n_out"]:
-    """Membrane potential of each neuron ``j`` of a layer at its own time ``t[j]``."""
+    """Membrane potential of each neuron ``j`` of a layer at its own time ``t[j]`` (conventions of
+    `layer_spike_times`).
+
+    Example:
+        >>> x, w = jnp.array([0.0, 0.5]), jnp.full((2, 3), 2.0)
+        >>> [round(v, 6) for v in layer_membrane(layer_spike_times(x, w), x, w).tolist()]  # at threshold
+        [1.0, 1.0, 1.0]
+    """
+    _, input_times, weights, params = _checked(input_times, weights, params, "root")
+    t = jnp.asarray(t, weights.dtype)
+    if t.shape != weights.shape[1:]:
+        raise ValueError(f"`t` must have shape [n_out] = [{weights.shape[1]}] (one time per neuron); got {t.shape}.")
+    return _layer_membrane(t, input_times, weights, params)
+
+
+def _layer_membrane(t: Array, input_times: Array, weights: Array, params: LIFParams) -> Array:
+    """`layer_membrane` of checked arrays."""
     s = t[None, :] - input_times[:, None]
     psp = weights * psp_kernel(s, _row(params.tau_m), _row(params.tau_s))
     return params.e_leak + jnp.sum(psp, axis=0) / params.capacitance
@@ -662,7 +679,7 @@ def _spike_time_tangent(solver, t_out, primals, tangents, min_slope=None):
     if moving:
 
         def potential(*values):
-            return layer_membrane(t_safe, input_times, weights, params._replace(**dict(zip(moving, values))))
+            return _layer_membrane(t_safe, input_times, weights, params._replace(**dict(zip(moving, values))))
 
         _, dv_params = jax.jvp(
             potential, tuple(getattr(params, k) for k in moving), tuple(getattr(d_params, k) for k in moving)
@@ -782,6 +799,7 @@ def spike_times_at(
 
 def _checked(input_times, weights, params: LIFParams, solver: Solver):
     """Validated ``(solver, input_times, weights, params)`` in one floating dtype (nan inputs -> inf)."""
+    params = checked_params(params)
     input_times = jnp.asarray(input_times)
     weights = jnp.asarray(weights)
     if input_times.ndim != 1:
