@@ -30,6 +30,29 @@ def test_missing_files_say_where(tmp_path):
         yinyang(-1, 0)
 
 
+@pytest.mark.parametrize("damage", ["cut", "labels", "shape"])
+def test_damaged_published_files_say_so(shared_data_dir, tmp_path, damage):
+    """(A cut file was numpy's own error about pickles; wrong arrays were returned as they stood.)"""
+    import shutil
+
+    for f in (shared_data_dir / "yinyang").glob("*.npy"):
+        shutil.copy(f, tmp_path / f.name)
+    if damage == "cut":
+        path = tmp_path / "validation_samples.npy"
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        name, array = (
+            ("validation_labels.npy", np.full(1000, 3))
+            if damage == "labels"
+            else ("validation_samples.npy", np.zeros((1000, 2)))
+        )
+        np.save(tmp_path / name, array)
+    with pytest.raises(
+        ValueError, match=r"^Yin-Yang files validation_samples.npy / validation_labels.npy in .* are damaged"
+    ):
+        load_published_yinyang(tmp_path)
+
+
 @pytest.mark.parametrize("r_small", [0.0, 0.25, 0.6])
 def test_radii_without_room_for_every_class_are_refused(r_small):
     """The dots lie inside their halves; with 0 or 0.6 a class has no area and sampling never ended."""

@@ -80,5 +80,20 @@ def load_published_yinyang(directory: str | Path) -> dict[str, Split]:
                     f"Yin-Yang file {f} is missing. Point to the folder with the published arrays "
                     "(e.g. $FSNN_DATA_DIR/yinyang), or use `yinyang_splits()`, which needs no files."
                 )
-        out[name] = Split(np.load(files[0]), np.load(files[1]))
+        try:
+            samples, labels = (np.load(f) for f in files)
+            problem = None
+            if samples.ndim != 2 or samples.shape[1:] != (4,) or labels.shape != samples.shape[:1]:
+                problem = f"shapes {samples.shape} and {labels.shape}, not [n, 4] and [n]"
+            elif not np.isin(labels, (0, 1, 2)).all():
+                problem = "labels outside 0, 1, 2"
+        except (OSError, ValueError, EOFError) as err:  # not an array file, or a cut-off one
+            problem = str(err)
+        if problem:
+            raise ValueError(
+                f"Yin-Yang files {files[0].name} / {files[1].name} in {directory} are damaged ({problem}); "
+                "restore them (their sha256 are in SHA256SUMS of the shared data), or use `yinyang_splits()`, "
+                "which needs no files."
+            )
+        out[name] = Split(samples, labels)
     return out
