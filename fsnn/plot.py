@@ -168,9 +168,25 @@ def membrane_traces(
     return fig
 
 
+def _outputs_and_labels(output_times: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``output_times [n, n_classes]`` and integer ``labels [n]`` of those classes, as arrays."""
+    output_times, labels = np.asarray(output_times), np.asarray(labels)
+    if output_times.ndim != 2 or labels.shape != output_times.shape[:1]:
+        raise ValueError(
+            f"`output_times` [n, n_classes] and `labels` [n] must fit; got {output_times.shape} and {labels.shape}."
+        )
+    n = output_times.shape[1]
+    if not np.issubdtype(labels.dtype, np.integer) or labels.size and not 0 <= labels.min() <= labels.max() < n:
+        raise ValueError(
+            f"`labels` must be integers 0..{n - 1} (the output neurons); got {labels.dtype} "
+            f"in [{labels.min()}, {labels.max()}]."
+        )
+    return output_times, labels
+
+
 def output_time_histograms(output_times: np.ndarray, labels: np.ndarray, bins: int = 40) -> Figure:
     """Per class: spike times of the label neuron vs the other output neurons (finite times only)."""
-    output_times, labels = np.asarray(output_times), np.asarray(labels)
+    output_times, labels = _outputs_and_labels(output_times, labels)
     n_classes = output_times.shape[1]
     cols = min(n_classes, 5)
     rows = -(-n_classes // cols)
@@ -192,7 +208,7 @@ def output_time_histograms(output_times: np.ndarray, labels: np.ndarray, bins: i
 
 def confusion_matrix(output_times: np.ndarray, labels: np.ndarray) -> Figure:
     """Confusion matrix of first-spike decisions; samples with all outputs silent form a last column."""
-    output_times, labels = np.asarray(output_times), np.asarray(labels)
+    output_times, labels = _outputs_and_labels(output_times, labels)
     n = output_times.shape[1]
     silent = ~np.any(np.isfinite(output_times), axis=1)
     decided = np.where(silent, n, np.argmin(output_times, axis=1))

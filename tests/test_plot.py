@@ -143,6 +143,13 @@ def test_histograms_and_confusion_matrix_count_samples():
     assert len(fig.axes) == 3
     own, other = bin_counts(fig.axes[0], 0), bin_counts(fig.axes[0], 1)
     assert own.sum() == 2 and other.sum() == 4  # class 0: two samples, every output finite in both
+    for draw in (plot.confusion_matrix, plot.output_time_histograms):
+        with pytest.raises(ValueError, match=r"`labels` must be integers 0..2 \(the output neurons\); got int64"):
+            draw(times, np.array([0, 1, -1, 0]))  # (the confusion matrix counted -1 as the last class)
+        with pytest.raises(ValueError, match=r"`labels` must be integers"):
+            draw(times, labels.astype(float))
+        with pytest.raises(ValueError, match=r"must fit; got \(4, 3\) and \(3,\)"):
+            draw(times, labels[:3])
 
 
 def test_yinyang_maps_show_decisions_over_the_plane():
