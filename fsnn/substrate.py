@@ -44,7 +44,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from fsnn.core.batch_grad import batch_spike_times
 from fsnn.core.neuron import LIFParams
-from fsnn.core.spike_time import layer_spike_times, spike_times_at
+from fsnn.core.spike_time import _checked, layer_spike_times, spike_times_at
 from fsnn.nn import SpikingNetwork
 
 __all__ = [
@@ -214,13 +214,14 @@ def euler_spike_times(
     `layer_spike_times` as ``dt -> 0`` (first order). ``O(n_in n_out + (t_max / dt) n_out)`` work,
     ``O(n_out)`` state.
     """
-    input_times = jnp.asarray(input_times)
-    weights = jnp.asarray(weights)
+    if not (0 < dt < math.inf and 0 < t_max < math.inf):
+        raise ValueError(f"`dt` and `t_max` must be > 0 and finite; got {dt}, {t_max}.")
+    _, input_times, weights, params = _checked(input_times, weights, params, "root")
     n_steps = math.ceil(t_max / dt)
     arrives = jnp.isfinite(input_times) & (input_times <= n_steps * dt)
     step_of = jnp.where(arrives, jnp.ceil(jnp.maximum(input_times, 0.0) / dt), n_steps + 1).astype(jnp.int32)
     drive = jax.ops.segment_sum(weights, step_of, num_segments=n_steps + 2)[: n_steps + 1]  # [steps, n_out]
-    p = params.astype(weights.dtype)
+    p = params
     capacitance = p.capacitance
     decay = 1.0 - dt / p.tau_s
     n_out = weights.shape[1]

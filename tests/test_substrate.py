@@ -118,6 +118,13 @@ def test_euler_integration_converges_to_the_exact_spike_times():
     assert float(sub.euler_spike_times(x, w[:, :1], LIFParams(), 1e-3, 8.0)[0]) == pytest.approx(oracle, abs=3e-3)
     late = sub.euler_spike_times(x, w, LIFParams(), 0.01, 0.05)  # horizon before any spike
     assert bool(jnp.all(jnp.isinf(late)))
+    for dt, t_max in ((0.0, 8.0), (-0.01, 8.0), (0.01, np.inf), (np.nan, 8.0)):  # (division by zero, or nonsense)
+        with pytest.raises(ValueError, match="`dt` and `t_max` must be > 0 and finite"):
+            sub.euler_spike_times(x, w, LIFParams(), dt, t_max)
+    with pytest.raises(ValueError, match=r"`weights` must have shape \[n_in, n_out\]"):  # (an IndexError)
+        sub.euler_spike_times(x, w[:3], LIFParams(), 0.01, 8.0)
+    with pytest.raises(TypeError, match="`params` must be an fsnn.LIFParams"):
+        sub.euler_spike_times(x, w, {"tau_m": 2.0}, 0.01, 8.0)
 
 
 def test_jitter_moves_spikes_and_keeps_silence():
