@@ -28,7 +28,7 @@ import statistics
 import time
 from pathlib import Path
 
-from fsnn.train import Config, load_config
+from fsnn.train import Config, ConfigError, load_config
 
 SEEDS = 3
 EPOCHS = 150
@@ -61,7 +61,11 @@ def run(workdir: str | Path, *, smoke: bool = False, seeds: int = SEEDS) -> dict
     from fsnn.train.loop import Trainer, activity_summary, hyperparameters, load_data
     from fsnn.train.sweep import group_key, sweep
 
+    if not str(workdir) or not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"`workdir` must name a folder and `seeds` be >= 1; got {workdir!r}, {seeds!r}.")
     workdir = Path(workdir)
+    if any((workdir / m).exists() for m in METHODS):  # the sweeps never overwrite (nor resume here)
+        raise ConfigError(f"{workdir} already holds this study's sweeps; choose a new --workdir.")
     base = get_smoke_config() if smoke else get_config()
     points = scan_points(smoke)
     hardware = next(p for p in points if p == {"substrate_variation": 0.05, "substrate_weight_bits": 6})
@@ -159,7 +163,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=SEEDS)
     parser.add_argument("--smoke", action="store_true", help="a few-second version")
     args = parser.parse_args()
-    report = run(args.workdir, smoke=args.smoke, seeds=args.seeds)
+    try:
+        report = run(args.workdir, smoke=args.smoke, seeds=args.seeds)
+    except ConfigError as err:
+        parser.error(str(err))
     print(f"{'variation':>9} {'bits':>4} " + " ".join(f"{m:>16}" for m in METHODS))
     for row in report["table"]:
         cells = " ".join(f"{100 * row[m]['mean']:>8.2f} ± {100 * row[m]['std']:<5.2f}" for m in METHODS)

@@ -21,7 +21,7 @@ import json
 import time
 from pathlib import Path
 
-from fsnn.train import Config
+from fsnn.train import Config, ConfigError
 
 STEPS = 100
 ITERATIONS = 15  # + the starting point = 16 hypergradient evaluations
@@ -45,6 +45,12 @@ def run(workdir: str | Path, *, smoke: bool = False, confirm_seeds: int = 0) -> 
     from fsnn.train.loop import Trainer, load_data
     from fsnn.train.sweep import expand_grid, summarize, sweep
 
+    if not str(workdir) or not isinstance(confirm_seeds, int) or confirm_seeds < 0:
+        raise ConfigError(
+            f"`workdir` must name a folder and `confirm_seeds` be >= 0; got {workdir!r}, {confirm_seeds!r}."
+        )
+    if confirm_seeds and (Path(workdir) / "confirm").exists():  # found now, not after the study's minutes
+        raise ConfigError(f"{Path(workdir) / 'confirm'} already holds a confirmation sweep; choose a new --workdir.")
     config = get_smoke_config() if smoke else get_config()
     steps, iterations = (4, 2) if smoke else (STEPS, ITERATIONS)
     grid = {k: v[: 2 if smoke else None] for k, v in GRID.items()}
@@ -88,7 +94,10 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="a few-second version")
     parser.add_argument("--confirm-seeds", type=int, default=0, help="train both winners fully with this many seeds")
     args = parser.parse_args()
-    report = run(args.workdir, smoke=args.smoke, confirm_seeds=args.confirm_seeds)
+    try:
+        report = run(args.workdir, smoke=args.smoke, confirm_seeds=args.confirm_seeds)
+    except ConfigError as err:
+        parser.error(str(err))
     for method in ("descent", "grid"):
         part, best = report[method], report["best"][method]
         print(

@@ -180,4 +180,11 @@ def test_study_experiment_smoke(tmp_path):
     saved = json.loads((tmp_path / "study.json").read_text())
     assert saved["descent"]["evaluations"] == 3 and saved["grid"]["evaluations"] == 4
     assert report["best"]["grid"]["loss"] == min(r["loss"] for r in saved["grid"]["rows"])
+    (tmp_path / "confirm").mkdir()
+    for workdir, seeds, message in (
+        (tmp_path, 1, "holds a confirmation sweep"),
+        ("", 0, "`workdir` must name a folder"),
+    ):
+        with pytest.raises(ConfigError, match=message):  # before the study's minutes of work, not after
+            module.run(workdir, smoke=True, confirm_seeds=seeds)
     assert all(np.isfinite(r["loss"]) for r in saved["descent"]["rows"])

@@ -267,6 +267,9 @@ def test_robustness_study_smoke(tmp_path):
         for method in module.METHODS:
             assert 0 <= row[method]["mean"] <= 1 and len(row[method]["runs"]) == 1
     assert set(saved["activity_at_hardware_point"]) == set(module.METHODS)
+    for kwargs, message in (({}, "already holds this study's sweeps"), ({"seeds": 0}, "`seeds` be >= 1")):
+        with pytest.raises(ConfigError, match=message):  # (after loading and training, or "pass --resume")
+            module.run(tmp_path, smoke=True, **kwargs)
 
 
 @pytest.mark.parametrize(
