@@ -48,6 +48,8 @@ def bump_targets(
     reference's setting) it counts samples whose label neuron is silent. Either way the targets are
     all neurons of the layer that were silent for at least one (valid) sample.
     """
+    if output_criterion not in ("label", "all"):  # (anything else counted as "all")
+        raise ValueError(f"`output_criterion` must be 'label' or 'all'; got {output_criterion!r}.")
     if len(max_missing) != len(layer_times):
         raise ValueError(f"`max_missing` needs one value per layer ({len(layer_times)}); got {len(max_missing)}.")
     n_valid = jnp.maximum(jnp.sum(valid), 1)

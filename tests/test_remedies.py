@@ -29,6 +29,8 @@ def test_bump_targets_first_offending_layer():
     assert int(layer) == 1
     with pytest.raises(ValueError, match="`max_missing`"):
         bump_targets([hidden, out], labels, valid, (0.5,))
+    with pytest.raises(ValueError, match="`output_criterion` must be 'label' or 'all'; got 'labels'"):
+        bump_targets([hidden, out], labels, valid, (0.5, 0.2), output_criterion="labels")  # (counted as "all")
 
 
 def test_apply_bump_doubles_on_consecutive_bumps():
