@@ -84,7 +84,7 @@ def test_python_values_of_the_wrong_type_are_named(values, match):
         ("loss", "'hinge'", "`loss` must be one of"),
         ("hidden", "(0,)", "`hidden` sizes"),
         ("solver", "'quadratic'", "'quadratic' needs tau_m == 2 tau_s"),
-        ("max_missing", "(0.3,)", "`max_missing` needs one fraction per layer"),
+        ("max_missing", "(0.3,)", r"`max_missing` \(fractions\) needs one entry per layer, 2 for sizes"),
         ("trainable_neuron", "('tau',)", "`trainable_neuron`"),
         ("augment_shift", "1", "`augment_shift` translates images and must be 0 for yinyang"),
         ("augment_flip", "True", "`augment_flip` mirrors images and must be False for yinyang"),
@@ -105,7 +105,13 @@ def test_python_values_of_the_wrong_type_are_named(values, match):
         ("substrate_variation", "1.5", r"`substrate_variation` is a relative spread in \[0, 1\]; got 1\.5\."),
         ("substrate_dt", "0.0", r"`substrate_dt` must be > 0 with at most 1e5 steps up to `substrate_t_max` \(8\.0\)"),
         ("substrate_weight_max", "(1.0, -2.0)", r"`substrate_weight_max` values must be > 0; got \(1\.0, -2\.0\)\."),
-        ("substrate_weight_max", "(1.0,)", "`substrate_weight_max` needs one value > 0 per layer"),
+        ("substrate_weight_max", "(1.0,)", r"`substrate_weight_max` \(values > 0, or \(\) for .*\) needs one entry"),
+        # a new `hidden` names every per-layer key to change at once (it named one per attempt)
+        (
+            "hidden",
+            "()",
+            r"^config keys `init` \(.*\), `max_missing` \(fractions\) need one entry per layer, 1 for sizes \(3,\)",
+        ),
     ],
 )
 def test_bad_values_fail_with_the_key_named(key, value, match):

@@ -194,7 +194,7 @@ def test_activity_counts_spikes_and_synaptic_events():
     [
         ("substrate_variation", 1.5, "[0, 1]"),
         ("substrate_weight_bits", 0, "1..16"),
-        ("substrate_weight_max", (1.0,), "one value > 0 per layer"),
+        ("substrate_weight_max", (1.0,), "(values > 0, or () for |init mean| + 3 init std) needs one entry per layer"),
         ("substrate_jitter", -0.1, ">= 0"),
         ("substrate_dead_fraction", 1.0, "[0, 1)"),
         ("substrate_dt", 1e-6, "at most 1e5 steps"),

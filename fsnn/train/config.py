@@ -211,15 +211,24 @@ class Config:
                 bad(key, f"must be > 0; got {getattr(self, key)}.")
         if not self.threshold > self.e_leak:
             bad("threshold", f"must exceed `e_leak` ({self.e_leak}); got {self.threshold}.")
-        if len(self.init) != len(self.sizes):
-            bad(
-                "init",
-                f"needs one (mean, std) pair per layer, {len(self.sizes)} for sizes {self.sizes}; got {self.init}.",
+        per_layer = {  # checked together: a new `hidden` changes every one of them
+            "init": ("(mean, std) pairs", self.init),
+            "max_missing": ("fractions", self.max_missing),
+            "substrate_weight_max": ("values > 0, or () for |init mean| + 3 init std", self.substrate_weight_max),
+        }
+        wrong = [
+            k for k, (_, v) in per_layer.items() if len(v) != len(self.sizes) and (v or k != "substrate_weight_max")
+        ]
+        if wrong:
+            keys = ", ".join(f"`{k}` ({per_layer[k][0]})" for k in wrong)
+            raise ConfigError(
+                f"config key{'s' * (len(wrong) > 1)} {keys} need{'s' * (len(wrong) == 1)} one entry per layer, "
+                f"{len(self.sizes)} for sizes {self.sizes} (`hidden`, then the output layer); got "
+                + "; ".join(f"{k}={per_layer[k][1]}" for k in wrong)
+                + "."
             )
         if any(len(pair) != 2 or pair[1] < 0 for pair in self.init):
             bad("init", f"entries must be (mean, std >= 0); got {self.init}.")
-        if len(self.max_missing) != len(self.sizes):
-            bad("max_missing", f"needs one fraction per layer ({len(self.sizes)}); got {self.max_missing}.")
         if any(not 0 <= m <= 1 for m in self.max_missing):
             bad("max_missing", f"fractions must lie in [0, 1]; got {self.max_missing}.")
         if not 0 <= self.neuron_lr_scale < math.inf:
@@ -254,12 +263,6 @@ class Config:
             bad("max_dw_norm", f"must be > 0 or None (off); got {self.max_dw_norm}.")
         if not 0 <= self.t_early < self.t_late:
             bad("t_late", f"must exceed `t_early` >= 0; got {self.t_early}, {self.t_late}.")
-        if self.substrate_weight_max and len(self.substrate_weight_max) != len(self.sizes):
-            bad(
-                "substrate_weight_max",
-                f"needs one value > 0 per layer ({len(self.sizes)}), or () for |init mean| + 3 init std; "
-                f"got {self.substrate_weight_max}.",
-            )
         substrate = {
             k.removeprefix("substrate_"): v for k, v in dataclasses.asdict(self).items() if k.startswith("substrate_")
         }
