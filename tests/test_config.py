@@ -176,3 +176,23 @@ def test_an_installed_fsnn_finds_the_experiments_it_carries(tmp_path):
         [sys.executable, "-c", script], cwd=tmp_path, env={"PYTHONPATH": str(site)}, capture_output=True, text=True
     )
     assert done.stdout.split() == [str(site / "fsnn" / "_experiments"), "yinyang"], done.stderr[-2000:]
+
+
+def test_a_dict_where_a_config_belongs_is_named(tmp_path):
+    """(Each was an AttributeError from deep inside: 'dict' object has no attribute 'dtype'.)"""
+    from fsnn.train.loop import Trainer, train_and_evaluate
+    from fsnn.train.sweep import expand_grid, sweep
+
+    values = {"epochs": 2}
+    for call, name in (
+        (lambda: Trainer(values), "config"),
+        (lambda: train_and_evaluate(values, tmp_path / "run"), "config"),
+        (lambda: apply_overrides(values, {}), "config"),
+        (lambda: sweep([Config(), values]), r"configs\[\]"),
+        (lambda: expand_grid(values, 2, {}), "base"),
+    ):
+        with pytest.raises(
+            TypeError, match=rf"^`{name}` must be an fsnn.train.Config \(Config\(\*\*values\)\); got dict"
+        ):
+            call()
+    assert not (tmp_path / "run").exists()

@@ -25,6 +25,14 @@ class ConfigError(ValueError):
     """A config, command-line or run-directory problem the user can fix (the message says how)."""
 
 
+def checked_config(config: Config, name: str = "config") -> Config:
+    """``config``, which must be a `Config` (a dict of values fails here, not deep inside)."""
+    if not isinstance(config, Config):
+        fix = "Config(**values)" if isinstance(config, dict) else "load_config(name) or Config(...)"
+        raise TypeError(f"`{name}` must be an fsnn.train.Config ({fix}); got {type(config).__name__}.")
+    return config
+
+
 def _experiments_dir() -> Path:
     """The experiment configs: installed, the copy inside the package; in a checkout, ``experiments/``."""
     here = Path(__file__).resolve()
@@ -363,6 +371,7 @@ def _describe(annotation) -> str:
 
 def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
     """A new config with ``overrides`` (strings are parsed); unknown keys list the known ones."""
+    checked_config(config)
     hints = _hints()
     fields = {f.name for f in dataclasses.fields(Config)}
     values = {}

@@ -33,7 +33,7 @@ from fsnn.nn import SpikingNetwork, batched
 from fsnn.remedies import BumpState, apply_bump, bump_targets, drop_large_weight_grads
 from fsnn.substrate import network_on_substrate, network_on_substrate_batch, substrate_values
 from fsnn.train import checkpoint
-from fsnn.train.config import Config, ConfigError, saved_configs
+from fsnn.train.config import Config, ConfigError, checked_config, saved_configs
 
 __all__ = [
     "TrainState",
@@ -196,7 +196,7 @@ class Trainer:
     """
 
     def __init__(self, config: Config):
-        self.config = config
+        self.config = checked_config(config)
         model = build_model(config)
         self.graphdef, state = nnx.split(model)
         self.init_params = nnx.to_pure_dict(state)
@@ -636,7 +636,7 @@ def train_and_evaluate(
     depend only on ``(seed, e)``). ``data_dir`` holds the original image files (see `load_data`).
     With ``figures`` the standard figures (`fsnn.plot.save_figures`) go to ``workdir/figures``.
     """
-    _enable_dtype(config)
+    _enable_dtype(checked_config(config))
     trainer = Trainer(config)  # device and batch checks fail here, before anything is written
     workdir = Path(workdir)
     with claim_workdir(workdir):

@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fsnn import xla
 from fsnn.train import checkpoint
-from fsnn.train.config import MAX_SEED, Config, ConfigError, apply_overrides, saved_configs
+from fsnn.train.config import MAX_SEED, Config, ConfigError, apply_overrides, checked_config, saved_configs
 from fsnn.train.loop import (
     DYNAMIC_KEYS,
     Trainer,
@@ -60,6 +60,7 @@ def expand_grid(base: Config, seeds: int, grid: dict[str, Sequence[Any]]) -> lis
     Values are parsed and validated like ``--set`` values (`apply_overrides`), so a bad value
     fails here, before anything is compiled.
     """
+    checked_config(base, "base")
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1; got {seeds}.")
     if "seed" in grid:
@@ -366,7 +367,7 @@ def sweep(
     ``devices`` (default 0: all visible) spreads each group's runs over that many devices. Returns the
     rows and every run's final `TrainState`, in the order of ``configs``.
     """
-    configs = list(configs)
+    configs = [checked_config(c, "configs[]") for c in configs]
     if not configs:
         raise ConfigError("nothing to sweep: no configs.")
     mesh = _runs_mesh(devices)
