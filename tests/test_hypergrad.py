@@ -111,6 +111,9 @@ def test_bad_names_and_windows_are_rejected(setup):
         hypergradient(trainer, ["xi"], train, val, steps=0)  # (it blamed `window`)
     with pytest.raises(ConfigError, match=r"`iterations` \(descent steps\) must be >= 0; got -1\."):
         tune(trainer, ["xi"], train, val, steps=2, iterations=-1)  # (it returned no rows)
+    for meta_lr in (-0.1, 0.0, float("nan")):  # (ascended, stood still, or went nan)
+        with pytest.raises(ConfigError, match=r"`meta_lr` \(the descent's Adam step size\) must be > 0 and finite"):
+            tune(trainer, ["xi"], train, val, steps=2, iterations=1, meta_lr=meta_lr)
     with pytest.raises(ConfigError, match=r"`grid` lists no values for \['xi'\]"):
         grid_search(trainer, {"xi": [], "learning_rate": [0.01]}, train, val, steps=2)  # (a stacking error)
     x, y = train

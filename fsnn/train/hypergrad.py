@@ -232,6 +232,8 @@ def tune(
     """
     if iterations < 0:
         raise ConfigError(f"`iterations` (descent steps) must be >= 0; got {iterations}.")
+    if not 0 < meta_lr < math.inf:  # (a negative one ascended)
+        raise ConfigError(f"`meta_lr` (the descent's Adam step size) must be > 0 and finite; got {meta_lr}.")
     hp = trainer.hp if hp is None else hp
     values = {n: get_hyper(hp, n) for n in names}
     logs = {n: bool(jnp.all(v > 0)) for n, v in values.items()}
