@@ -1,6 +1,7 @@
 """fsnn.data.images: TF-free TFDS preparation from the original IDX files, offline, and encodings."""
 
 import gzip
+import logging
 import os
 import shutil
 import socket
@@ -160,7 +161,7 @@ def mnist_copy(tmp_path, shared_data_dir):
 
 @pytest.mark.parametrize("damage", ["missing", "truncated", "corrupt"])
 def test_bad_files_give_one_clear_error_and_leave_nothing_prepared(
-    tmp_path, mnist_copy, no_network, damage, monkeypatch
+    tmp_path, mnist_copy, no_network, damage, monkeypatch, caplog
 ):
     scratch = tmp_path / "tmp"  # the process's temporary folder: nothing may be left in it
     scratch.mkdir()
@@ -180,6 +181,7 @@ def test_bad_files_give_one_clear_error_and_leave_nothing_prepared(
     assert str(victim) in message
     assert {"missing": "missing", "truncated": "bytes", "corrupt": "sha256"}[damage] in message
     assert "--data-dir" in message
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # (TFDS: "Variant folder ... has no")
     assert not (prepared / "fsnn_mnist" / "1.0.0").exists()  # nothing a later run would trust
     assert not list(scratch.iterdir())  # TFDS's empty GCS-metadata folders included
     with pytest.raises(DataError, match="t10k-labels"):  # the TFDS-free reader checks the same way
