@@ -63,7 +63,10 @@ def test_python_values_take_the_field_types():
         ({"epochs": 2.0}, r"`epochs` expects int; got 2\.0\."),  # (range() failed deep inside the run)
         ({"learning_rate": "0.1"}, r"`learning_rate` expects float; got '0\.1'\."),  # strings are not parsed
         ({"select_best": 1}, r"`select_best` expects bool; got 1\."),
-        ({"hidden": (16.5,)}, r"`hidden` expects int; got 16\.5\."),
+        ({"hidden": (16.5,)}, r"`hidden` expects tuple\[int, \.\.\.\]; got \(16\.5,\)\."),
+        # the whole value against the whole type (it named the inner part: "`init` expects tuple; got (1.5,)")
+        ({"init": (1.5, 0.8)}, r"`init` expects tuple\[tuple\[float, float\], \.\.\.\]; got \(1\.5, 0\.8\)\."),
+        ({"mse_targets": 1.5}, r"`mse_targets` expects tuple\[float, float\]; got 1\.5\."),
     ],
 )
 def test_python_values_of_the_wrong_type_are_named(values, match):

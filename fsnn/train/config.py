@@ -325,48 +325,55 @@ def _coerce(key: str, raw: Any, annotation: Any, parse: bool = True) -> Any:
                 raw = None
             elif raw in ("true", "false"):
                 raw = raw == "true"
+    try:
+        return _convert(key, raw, annotation)
+    except TypeError:  # the whole value and type named (not the part inside that failed)
+        raise ConfigError(f"config key `{key}` expects {_describe(annotation)}; got {raw!r}.") from None
+
+
+def _convert(key: str, raw: Any, annotation: Any) -> Any:
+    """`_coerce` of a parsed value; a TypeError if it does not fit ``annotation``."""
     if hasattr(raw, "tolist") and not isinstance(raw, str):  # NumPy/JAX arrays and scalars: Python values
         raw = raw.tolist()
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
-    try:
-        if annotation is bool:
-            if not isinstance(raw, bool):
-                raise TypeError
-            return raw
-        if annotation is int:
-            if isinstance(raw, bool) or not isinstance(raw, int):
-                raise TypeError
-            return raw
-        if annotation is float:
-            if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-                raise TypeError
-            return float(raw)
-        if annotation is str:
-            if not isinstance(raw, str):
-                raise TypeError
-            return raw
-        if origin in (types.UnionType, typing.Union):  # float | None
-            if raw is None:
-                return None
-            return _coerce(key, raw, next(a for a in args if a is not type(None)), parse)
-        if origin is tuple:
-            if isinstance(raw, (int, float, str)) and not isinstance(raw, bool):
-                raw = (raw,)
-            if not isinstance(raw, (list, tuple)):
-                raise TypeError
-            if len(args) == 2 and args[1] is Ellipsis:
-                return tuple(_coerce(key, r, args[0], parse) for r in raw)
-            if len(raw) != len(args):
-                raise TypeError
-            return tuple(_coerce(key, r, a, parse) for r, a in zip(raw, args))
-    except TypeError:
-        raise ConfigError(f"config key `{key}` expects {_describe(annotation)}; got {raw!r}.") from None
+    if annotation is bool:
+        if not isinstance(raw, bool):
+            raise TypeError
+        return raw
+    if annotation is int:
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise TypeError
+        return raw
+    if annotation is float:
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+            raise TypeError
+        return float(raw)
+    if annotation is str:
+        if not isinstance(raw, str):
+            raise TypeError
+        return raw
+    if origin in (types.UnionType, typing.Union):  # float | None
+        if raw is None:
+            return None
+        return _convert(key, raw, next(a for a in args if a is not type(None)))
+    if origin is tuple:
+        if isinstance(raw, (int, float, str)) and not isinstance(raw, bool):
+            raw = (raw,)
+        if not isinstance(raw, (list, tuple)):
+            raise TypeError
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(key, r, args[0]) for r in raw)
+        if len(raw) != len(args):
+            raise TypeError
+        return tuple(_convert(key, r, a) for r, a in zip(raw, args))
     raise ConfigError(f"config key `{key}` has an unsupported type {annotation}.")
 
 
 def _describe(annotation) -> str:
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+    """``tuple[tuple[float, float], ...]``, ``float | None``, ``int``: the type as it is written."""
+    plain = not typing.get_args(annotation) and getattr(annotation, "__name__", None)
+    return plain or str(annotation).replace("typing.", "")
 
 
 def apply_overrides(config: Config, overrides: dict[str, Any]) -> Config:
