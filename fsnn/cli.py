@@ -121,7 +121,7 @@ def _sweep(args) -> int:
     )
     print(format_summary(summarize(rows)))
     seconds = sum({r["group"]: r["group_train_seconds"] for r in rows}.values())
-    print(f"{len(rows)} runs in {seconds:.1f} s of training -> {workdir / 'sweep.json'}")
+    print(f"{len(rows)} run{'s' * (len(rows) != 1)} in {seconds:.1f} s of training -> {workdir / 'sweep.json'}")
     return 0
 
 

@@ -224,9 +224,9 @@ def test_select_best_in_a_sweep_reports_the_best_validation_epoch():
 def test_progress_in_a_log_names_each_program(capsys):
     """Several programs (groups) train one after the other: each line says which and how many runs."""
     configs = expand_grid(dataclasses.replace(BASE, epochs=1, dtype="float32"), 2, {"hidden": [(4,), (6,)]})
-    sweep(configs)
+    sweep(configs[:3])
     lines = capsys.readouterr().err.splitlines()
-    assert [line.split(": ")[0] for line in lines] == ["group 1/2, 2 runs", "group 2/2, 2 runs"]
+    assert [line.split(": ")[0] for line in lines] == ["group 1/2, 2 runs", "group 2/2, 1 run"]
     assert all(re.search(r": epoch 1/1, mean val \d\.\d{3} \(\d+\.\d s\)$", line) for line in lines)
 
 

@@ -239,7 +239,7 @@ def _train_group(
     hps, runs, best_params = _spread((hps, runs, best_params), mesh, n)
     start = int(runs.epoch[0])
     g, groups = group
-    label = (f"group {g + 1}/{groups}, " if groups > 1 else "") + f"{n} runs"
+    label = (f"group {g + 1}/{groups}, " if groups > 1 else "") + f"{n} run{'s' * (n != 1)}"
     progress = _progress(first.epochs, start, quiet, label)
     t0 = time.perf_counter()
     val = None
