@@ -248,6 +248,8 @@ def batched(
     neurons: Sequence[Mapping[str, ArrayLike]] | None = None,
 ) -> list[Array]:
     """Apply a split model to a batch: the one `jax.vmap` over samples of the library."""
+    if jnp.ndim(input_times) != 2:  # (one sample was vmapped over its inputs: "got shape ()" per input)
+        raise ValueError(f"`input_times` must be a batch, shape (B, n_in); got shape {jnp.shape(input_times)}.")
 
     def one(x):
         return nnx.merge(graphdef, state)(x, neurons)

@@ -30,6 +30,8 @@ def test_network_batched_equals_per_sample():
     single = jax.jit(lambda s, xi: nnx.merge(graphdef, s)(xi))
     for i in range(6):
         np.testing.assert_allclose(out[1][i], single(state, x[i])[1], rtol=1e-14)
+    with pytest.raises(ValueError, match=r"`input_times` must be a batch, shape \(B, n_in\); got shape \(4,\)"):
+        batched(graphdef, state, x[0])
 
 
 def test_trainable_neuron_parameters_get_gradients():
