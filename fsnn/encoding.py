@@ -42,6 +42,8 @@ def shift_image(image: Float[Array, " pixels"], shift: Int[ArrayLike, " 2"], sid
         [2.0, 0.5, 2.0, 0.75]
     """
     image, shift = _square(image, side), jnp.asarray(shift)
+    if shift.shape != (2,) or not jnp.issubdtype(shift.dtype, jnp.integer):
+        raise ValueError(f"`shift` must be two whole pixel counts (dy, dx); got {shift.dtype} {shift.shape}.")
     rows = jnp.arange(side)[:, None] - shift[0]
     cols = jnp.arange(side)[None, :] - shift[1]
     inside = (rows >= 0) & (rows < side) & (cols >= 0) & (cols < side)

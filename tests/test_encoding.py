@@ -34,6 +34,10 @@ def test_shift_image_translates_and_fills_with_the_background():
         np.testing.assert_array_equal(np.asarray(out).reshape(5, 5), expected[6:11, 6:11])
     silent = jnp.where(jnp.arange(9) % 2 == 0, 0.5, jnp.inf)  # a silent background stays silent
     assert np.isinf(np.asarray(shift_image(silent, jnp.array([0, -1]), side=3))[2::3]).all()
+    # (three numbers shifted by the first two without a word; floats and one number failed deep inside)
+    for shift in (jnp.array([1, 1, 1]), jnp.array([0.5, 1.0]), 1):
+        with pytest.raises(ValueError, match=r"^`shift` must be two whole pixel counts \(dy, dx\); got "):
+            shift_image(silent, shift, side=3)
 
 
 def test_flip_image_mirrors_rows_only_where_asked():
