@@ -177,10 +177,8 @@ def _outputs_and_labels(output_times: np.ndarray, labels: np.ndarray) -> tuple[n
         )
     n = output_times.shape[1]
     if not np.issubdtype(labels.dtype, np.integer) or labels.size and not 0 <= labels.min() <= labels.max() < n:
-        raise ValueError(
-            f"`labels` must be integers 0..{n - 1} (the output neurons); got {labels.dtype} "
-            f"in [{labels.min()}, {labels.max()}]."
-        )
+        span = f" in [{labels.min()}, {labels.max()}]" if labels.size else ""
+        raise ValueError(f"`labels` must be integers 0..{n - 1} (the output neurons); got {labels.dtype}{span}.")
     return output_times, labels
 
 

@@ -216,12 +216,11 @@ def euler_spike_times(
     """
     if not (0 < dt < math.inf and 0 < t_max < math.inf):
         raise ValueError(f"`dt` and `t_max` must be > 0 and finite; got {dt}, {t_max}.")
-    _, input_times, weights, params = _checked(input_times, weights, params, "root")
+    _, input_times, weights, p = _checked(input_times, weights, params, "root")
     n_steps = math.ceil(t_max / dt)
     arrives = jnp.isfinite(input_times) & (input_times <= n_steps * dt)
     step_of = jnp.where(arrives, jnp.ceil(jnp.maximum(input_times, 0.0) / dt), n_steps + 1).astype(jnp.int32)
     drive = jax.ops.segment_sum(weights, step_of, num_segments=n_steps + 2)[: n_steps + 1]  # [steps, n_out]
-    p = params
     capacitance = p.capacitance
     decay = 1.0 - dt / p.tau_s
     n_out = weights.shape[1]
