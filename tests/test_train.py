@@ -261,6 +261,27 @@ def test_a_saved_config_changed_by_hand_is_named(tmp_path, edit):
         assert saved.read_text() == (edit if saved.name == "config.json" else f"[{edit}]")
 
 
+def test_a_checkpoint_of_another_network_is_not_called_damaged(tmp_path, capfd):
+    """config.json's `hidden` changed by hand: the intact checkpoint was called damaged, with the advice to
+    delete it (and its trained weights), and orbax's threads printed a traceback at exit."""
+    run = tmp_path / "run"
+    train_and_evaluate(TINY, run, quiet=True)
+    saved = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**saved, "hidden": [20]}))
+    before = {f: f.read_bytes() for f in run.rglob("*") if f.is_file() and f.name != ".lock"}
+    fits = r"the checkpoint of epoch 2 in .* does not fit the run's config \(params/layers/0/kernel: \(5, 16\) saved"
+    for read in (
+        lambda: evaluate_run(run),
+        lambda: train_and_evaluate(dataclasses.replace(TINY, hidden=(20,)), run, resume=True, quiet=True),
+    ):
+        with pytest.raises(checkpoint.CheckpointError, match=fits + r", \(5, 20\) now\): .*put that config back"):
+            read()
+    assert {f: f.read_bytes() for f in before} == before
+    assert "Traceback" not in capfd.readouterr().err
+    (run / "config.json").write_text(json.dumps(saved))  # the fix the error names
+    assert evaluate_run(run)["epoch"] == 2
+
+
 def test_a_checkpoint_whose_digest_file_is_damaged_is_named(tmp_path):
     directory = tmp_path / "checkpoints"
     state = (jax.numpy.asarray(1, "int32"), jax.numpy.ones(3))

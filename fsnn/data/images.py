@@ -32,7 +32,6 @@ import glob
 import gzip
 import hashlib
 import json
-import logging
 import os
 import socket
 import time
@@ -45,6 +44,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fsnn import locks
+from fsnn.logs import without_absl_notes
 
 __all__ = ["DataError", "IMAGE_DATASETS", "load_images", "read_originals", "encode_images", "data_dir_from_env"]
 
@@ -253,7 +253,7 @@ def load_images(
     def builder_of(files: dict[str, Path]):
         return builder_cls(files=files, data_dir=str(prepared_dir), file_format="array_record")
 
-    with _without_variant_notes():
+    with without_absl_notes("Variant folder"):  # TFDS: "... has no dataset_info.json", i.e. not prepared yet
         builder = builder_of({})
         if not builder.is_prepared():
             with locks.exclusive(prepared_dir / f"{builder.name}.lock"):
@@ -262,24 +262,6 @@ def load_images(
                     builder = builder_of(_locate_originals(name, Path(data_dir) if data_dir else None, prepared_dir))
                     builder.download_and_prepare(download_config=_no_gcs())
     return _split(*_read_prepared(Path(builder.data_dir), builder.as_data_source))
-
-
-class _VariantNotes(logging.Filter):
-    """TFDS's "Variant folder ... has no dataset_info.json": its note, while it looks for prepared
-    versions, that one is not prepared yet (which fsnn then prepares, or names the missing files)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Variant folder")
-
-
-@contextlib.contextmanager
-def _without_variant_notes():
-    logger, notes = logging.getLogger("absl"), _VariantNotes()
-    logger.addFilter(notes)
-    try:
-        yield
-    finally:
-        logger.removeFilter(notes)
 
 
 def _read_prepared(folder: Path, data_source) -> tuple[Images, Images]:

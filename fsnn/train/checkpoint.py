@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from fsnn.logs import without_absl_notes
+
 __all__ = ["CheckpointError", "save", "restore_latest", "latest_epoch", "write_atomic", "read_jsonl"]
 
 T = TypeVar("T")
@@ -151,6 +153,23 @@ def restore_latest(directory: Path, like: T) -> T:
     return jax.tree.map(as_like, restored, like)
 
 
+def _shape_mismatch(item: Path, abstract) -> str | None:
+    """The first array whose shape in the checkpoint item ``item`` differs from ``abstract``'s, in words
+    (``None`` when all fit, or when the item's metadata does not read: then the restore says why)."""
+
+    def shapes(tree) -> dict[str, tuple[int, ...]]:
+        leaves = jax.tree_util.tree_leaves_with_path(tree)
+        return {jax.tree_util.keystr(path, simple=True, separator="/"): tuple(leaf.shape) for path, leaf in leaves}
+
+    try:
+        with without_absl_notes("Metadata file does not exist"), ocp.StandardCheckpointer() as reader:
+            saved = shapes(reader.metadata(item.resolve()).item_metadata)
+    except Exception:  # damaged or older metadata
+        return None
+    wanted = shapes(abstract)
+    return next((f"{k}: {saved[k]} saved, {v} now" for k, v in wanted.items() if saved.get(k, v) != v), None)
+
+
 def _none_saved(directory: Path) -> FileNotFoundError:
     return FileNotFoundError(
         f"no checkpoint in {directory}: its run has saved none yet (runs save every `checkpoint_every` "
@@ -184,6 +203,13 @@ def _restore_latest(directory: Path, abstract):
             changed = sorted(name for name in saved.keys() | now.keys() if saved.get(name) != now.get(name))
             if changed:
                 raise damaged(f"{len(changed)} file(s) differ from when it was saved, e.g. {changed[0]}")
+        mismatch = _shape_mismatch(folder / "default", abstract)
+        if mismatch:  # an intact checkpoint of another network: deleting it would lose the trained weights
+            raise CheckpointError(
+                f"the checkpoint of epoch {step} in {directory} does not fit the run's config ({mismatch}): the "
+                "config differs from the one it was saved with (config.json changed by hand?); put that config "
+                "back, or train the new one into a new --workdir."
+            )
         try:
             return manager.restore(step, args=ocp.args.StandardRestore(abstract))
         except Exception as err:  # orbax and TensorStore raise many kinds for damaged files
