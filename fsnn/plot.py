@@ -62,16 +62,18 @@ def training_curves(metrics: Sequence[dict]) -> Figure:
 def silent_fractions(metrics: Sequence[dict]) -> Figure:
     """Fraction of silent (sample, neuron) pairs per layer on the training set, and bumps, per epoch."""
     epochs = [m["epoch"] for m in metrics]
-    silent = np.array([m["train_silent_fraction"] for m in metrics])
-    bumps = np.array([m["bumps"] for m in metrics])
+    n_layers = len(metrics[0]["train_silent_fraction"]) if metrics else 0  # (no rows: empty axes)
+    silent = np.array([m["train_silent_fraction"] for m in metrics]).reshape(len(metrics), n_layers)
+    bumps = np.array([m["bumps"] for m in metrics]).reshape(len(metrics), n_layers)
     fig, (ax_s, ax_b) = plt.subplots(1, 2, figsize=(9, 3.4), layout="constrained")
-    for layer in range(silent.shape[1]):
-        name = "output" if layer == silent.shape[1] - 1 else f"hidden {layer + 1}"
+    for layer in range(n_layers):
+        name = "output" if layer == n_layers - 1 else f"hidden {layer + 1}"
         ax_s.plot(epochs, silent[:, layer], label=name)
         ax_b.plot(epochs, bumps[:, layer], label=name)
     ax_s.set(xlabel="epoch", ylabel="silent fraction (train)")
     ax_b.set(xlabel="epoch", ylabel="weight bumps per epoch")
-    ax_s.legend()
+    if n_layers:
+        ax_s.legend()
     return fig
 
 

@@ -66,6 +66,8 @@ def test_training_curves_and_silent_fractions(run):
     fig = plot.silent_fractions(metrics)
     assert len(fig.axes[0].lines) == 2  # one per layer
     np.testing.assert_allclose(fig.axes[0].lines[1].get_ydata(), [m["train_silent_fraction"][1] for m in metrics])
+    for draw in (plot.training_curves, plot.silent_fractions):  # a log without rows: empty axes (an IndexError)
+        assert len(draw([]).axes[0].lines) == (2 if draw is plot.training_curves else 0)
 
 
 def bin_counts(ax, which: int = 0) -> np.ndarray:
