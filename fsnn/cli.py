@@ -27,6 +27,8 @@ def _parse_sets(items: list[str]) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects key=value; got {item!r}.")
+        if key.strip() in out:  # the last would silently win
+            raise ConfigError(f"--set {key.strip()} is given more than once; give it once.")
         out[key.strip()] = value.strip()
     return out
 
@@ -42,11 +44,14 @@ def _train(args) -> int:
         overrides["epochs"] = str(args.epochs)
     if args.devices is not None:
         overrides["devices"] = str(args.devices)
+    config = apply_overrides(config, overrides)  # validated here, before anything compiles
+    if args.print_config:
+        print(config.to_json())
+        return 0
     if args.distributed:  # multi-host: one process per host, cluster found from the environment
         import jax
 
         jax.distributed.initialize()
-    config = apply_overrides(config, overrides)  # validated here, before anything compiles
     workdir = Path(args.workdir or f"runs/{config.name}-seed{config.seed}")
 
     from fsnn.train.loop import train_and_evaluate
@@ -75,7 +80,7 @@ def _parse_grid(items: list[str]) -> dict[str, list]:
 
     keys = [item.partition("=")[0].strip() for item in items]
     for key in keys:
-        if keys.count(key) > 1:  # the last would silently win: one value list per key
+        if keys.count(key) > 1:  # one value list per key (not `_parse_sets`' message: a sweep lists values)
             raise ConfigError(f"--set {key} is given {keys.count(key)} times; list its values once: --set {key}=a,b.")
     grid = {}
     for key, raw in _parse_sets(items).items():
@@ -175,9 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train an experiment config")
     train.add_argument("experiment", help="a config name under experiments/ (e.g. yinyang) or a path to a .py file")
     train.add_argument("--workdir", type=_path, help="where config, metrics, checkpoints and results go")
-    train.add_argument("--seed", type=int)
-    train.add_argument("--epochs", type=int)
+    train.add_argument("--seed", type=int, help="the run's seed (config key `seed`)")
+    train.add_argument("--epochs", type=int, help="epochs to train (config key `epochs`)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    train.add_argument(
+        "--print-config", action="store_true", help="print the config these options make (JSON) and exit"
+    )
     train.add_argument("--resume", action="store_true", help="continue the run in --workdir from its last checkpoint")
     train.add_argument("--smoke", action="store_true", help="use the experiment's small smoke config")
     train.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -6,6 +6,7 @@ import signal
 import pytest
 
 from fsnn.cli import main
+from fsnn.train import Config, apply_overrides, load_config
 
 
 def test_train_and_eval(tmp_path, capsys):
@@ -41,6 +42,7 @@ def test_train_and_eval(tmp_path, capsys):
         (["train", "yinyang", "--set", "nope=1"], "unknown config key `nope`"),
         (["train", "yinyang", "--set", "tau_m=-1"], "`tau_m` must be > 0"),
         (["train", "yinyang", "--set", "epochs"], "--set expects key=value"),
+        (["train", "yinyang", "--set", "xi=0.2", "--set", "xi=0.3"], "--set xi is given more than once"),  # (0.3 won)
         (["train", "yinyang", "--epochs", "0"], "`epochs` must be a positive integer"),
         (["train", "missing_experiment"], "experiment `missing_experiment` not found"),
         (["eval", "/nonexistent/run"], "config.json not found"),
@@ -51,6 +53,15 @@ def test_errors_are_one_clear_line(args, message, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and err.startswith("fsnn: error:")
+
+
+def test_print_config_shows_the_config_the_options_make_and_trains_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "yinyang", "--smoke", "--seed", "3", "--set", "hidden=(30,)", "--print-config"]
+    assert main(argv) == 0
+    shown = Config.from_dict(json.loads(capsys.readouterr().out))
+    assert shown == apply_overrides(load_config("yinyang", smoke=True), {"seed": 3, "hidden": "(30,)"})
+    assert not any(tmp_path.iterdir())  # no run directory
 
 
 @pytest.mark.parametrize(
