@@ -34,16 +34,15 @@ def _parse_sets(items: list[str]) -> dict[str, str]:
 
 
 def _train(args) -> int:
-    from fsnn.train.config import apply_overrides, load_config
+    from fsnn.train.config import ConfigError, apply_overrides, load_config
 
     config = load_config(args.experiment, smoke=args.smoke)
     overrides = _parse_sets(args.set)
-    if args.seed is not None:
-        overrides["seed"] = str(args.seed)
-    if args.epochs is not None:
-        overrides["epochs"] = str(args.epochs)
-    if args.devices is not None:
-        overrides["devices"] = str(args.devices)
+    for key in ("seed", "epochs", "devices"):
+        if getattr(args, key) is not None:
+            if key in overrides:  # one of the two would silently win
+                raise ConfigError(f"--{key} and --set {key}= both give `{key}`; give it once.")
+            overrides[key] = str(getattr(args, key))
     config = apply_overrides(config, overrides)  # validated here, before anything compiles
     if args.print_config:
         print(config.to_json())
@@ -109,15 +108,18 @@ def _show_cpu_cores_as_devices(n: int) -> None:
 
 
 def _sweep(args) -> int:
-    from fsnn.train.config import apply_overrides, load_config
+    from fsnn.train.config import ConfigError, apply_overrides, load_config
     from fsnn.train.sweep import expand_grid, format_summary, summarize, sweep
 
     base = load_config(args.experiment, smoke=args.smoke)
+    grid = _parse_grid(args.set)
     if args.epochs is not None:
+        if "epochs" in grid:  # the listed values would silently win
+            raise ConfigError("--epochs and --set epochs= both give `epochs`; give it once.")
         base = apply_overrides(base, {"epochs": args.epochs})
     if args.seed is not None:
         base = apply_overrides(base, {"seed": args.seed})
-    configs = expand_grid(base, args.seeds, _parse_grid(args.set))  # all validated before compiling
+    configs = expand_grid(base, args.seeds, grid)  # all validated before compiling
     workdir = Path(args.workdir or f"runs/{base.name}-sweep")
     if args.devices > 1:
         _show_cpu_cores_as_devices(args.devices)

@@ -43,6 +43,7 @@ def test_train_and_eval(tmp_path, capsys):
         (["train", "yinyang", "--set", "tau_m=-1"], "`tau_m` must be > 0"),
         (["train", "yinyang", "--set", "epochs"], "--set expects key=value"),
         (["train", "yinyang", "--set", "xi=0.2", "--set", "xi=0.3"], "--set xi is given more than once"),  # (0.3 won)
+        (["train", "yinyang", "--seed", "1", "--set", "seed=2"], "--seed and --set seed= both give `seed`"),  # (1 won)
         (["train", "yinyang", "--epochs", "0"], "`epochs` must be a positive integer"),
         (["train", "missing_experiment"], "experiment `missing_experiment` not found"),
         (["eval", "/nonexistent/run"], "config.json not found"),

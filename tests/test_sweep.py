@@ -239,6 +239,7 @@ def test_progress_in_a_log_names_each_program(capsys):
         (["--seeds", "0"], "--seeds"),
         (["--devices", "-1"], "--devices must be 0 (all) or 1.."),
         (["--set", "xi=0.2", "--set", "xi=0.3"], "--set xi is given 2 times; list its values once"),
+        (["--epochs", "3", "--set", "epochs=1,2"], "--epochs and --set epochs= both give `epochs`; give it once"),
         (["--set", "xi="], "--set xi= lists no values"),
         (["--seed", str(2**31 - 2), "--seeds", "3"], "reaches seed 2147483648, past the largest, 2**31 - 1; start at"),
     ],
