@@ -12,7 +12,7 @@ from fsnn.cli import main
 from fsnn.train import checkpoint
 from fsnn.train.config import Config, ConfigError
 from fsnn.train.loop import Trainer, evaluate_run, load_data, restore_run
-from fsnn.train.sweep import _programs, expand_grid, group_key, summarize, sweep, sweep_run_metrics
+from fsnn.train.sweep import _programs, expand_grid, format_summary, group_key, summarize, sweep, sweep_run_metrics
 
 BASE = Config(train_size=300, eval_size=200, epochs=2, hidden=(12,), batch_size=50, dtype="float64", input_noise=0.1)
 
@@ -210,6 +210,16 @@ def test_sweep_writes_report_and_table(tmp_path, capsys):
     assert main(argv) == 2 and "--resume" in capsys.readouterr().err  # never overwritten
     assert main([*argv, "--resume"]) == 0  # nothing left to train: the same table again
     assert capsys.readouterr().out.splitlines()[:3] == out.splitlines()[:3]
+
+
+def test_the_table_names_settings_as_set_takes_them():
+    rows = [
+        {"config": {"hidden": [20], "init": [[1.5, 0.8], [0.5, 0.8]], "loss": "mse", "seed": s}, "test_accuracy": 0.5}
+        for s in (0, 1)
+    ]
+    rows = [{**r, "spikes_per_neuron": [1.0, 0.5]} for r in rows]
+    line = format_summary(summarize(rows)).splitlines()[1]  # (JSON's lists: hidden=[20])
+    assert line.startswith("hidden=(20,), init=((1.5, 0.8), (0.5, 0.8)), loss=mse     2 ")
 
 
 def test_select_best_in_a_sweep_reports_the_best_validation_epoch():

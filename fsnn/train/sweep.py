@@ -501,11 +501,16 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _as_given(value: Any) -> Any:
+    """A setting's value as --set takes it: JSON's lists as tuples (``hidden=(20,)``, not ``[20]``)."""
+    return tuple(_as_given(v) for v in value) if isinstance(value, list) else value
+
+
 def format_summary(summary: list[dict[str, Any]]) -> str:
     """A plain-text table: one line per setting, accuracies in %."""
     lines = [f"{'setting':<40} {'seeds':>5} {'test acc (mean ± std)':>22} {'min':>6} {'max':>6}  spikes/neuron"]
     for s in summary:
-        name = ", ".join(f"{k}={v}" for k, v in s["setting"].items()) or "(base)"
+        name = ", ".join(f"{k}={_as_given(v)}" for k, v in s["setting"].items()) or "(base)"
         spikes = "/".join(f"{v:.2f}" for v in s["spikes_per_neuron"])
         lines.append(
             f"{name:<40} {s['seeds']:>5} {100 * s['test_accuracy_mean']:>14.2f} ± {100 * s['test_accuracy_std']:<5.2f}"
