@@ -107,9 +107,14 @@ def test_bad_names_and_windows_are_rejected(setup):
         hypergradient(trainer, ["neuron_lr_scale"], train, val, steps=2)
     with pytest.raises(ConfigError, match="window"):
         hypergradient(trainer, ["xi"], train, val, steps=2, window=3)
-    with pytest.raises(ConfigError, match=r"`steps` \(training steps to unroll\) must be >= 1; got 0\."):
-        hypergradient(trainer, ["xi"], train, val, steps=0)  # (it blamed `window`)
-    with pytest.raises(ConfigError, match=r"`iterations` \(descent steps\) must be >= 0; got -1\."):
+    for steps in (0, 2.5):  # (0 blamed `window`; 2.5 was a TypeError from deep inside)
+        with pytest.raises(
+            ConfigError, match=rf"`steps` \(training steps to unroll\) must be a whole number >= 1; got {steps}\."
+        ):
+            hypergradient(trainer, ["xi"], train, val, steps=steps)
+    with pytest.raises(ConfigError, match=r"`window` must be a whole number in \[1, steps=2\]; got 1\.5\."):
+        hypergradient(trainer, ["xi"], train, val, steps=2, window=1.5)
+    with pytest.raises(ConfigError, match=r"`iterations` \(descent steps\) must be a whole number >= 0; got -1\."):
         tune(trainer, ["xi"], train, val, steps=2, iterations=-1)  # (it returned no rows)
     for meta_lr in (-0.1, 0.0, float("nan")):  # (ascended, stood still, or went nan)
         with pytest.raises(ConfigError, match=r"`meta_lr` \(the descent's Adam step size\) must be > 0 and finite"):
@@ -145,6 +150,18 @@ def test_values_outside_the_model_are_rejected_before_anything_compiles(setup, m
     start = {**trainer.hp, "learning_rate": -trainer.hp["learning_rate"]}  # edited by hand, unchecked
     with pytest.raises(ConfigError, match="tune: the starting values left the model: .*`learning_rate`"):
         tune(trainer, ["learning_rate", "bump_value"], train, val, steps=STEPS, iterations=1, hp=start)
+
+
+def test_one_name_may_be_a_string_and_names_count_once(setup):
+    """("xi" was taken as the names "x" and "i".)"""
+    trainer, train, val = setup
+    loss, grads = hypergradient(trainer, "xi", train, val, steps=STEPS)
+    again, same = hypergradient(trainer, ["xi", "xi"], train, val, steps=STEPS)
+    assert list(grads) == list(same) == ["xi"] and float(loss) == float(again)
+    assert float(grads["xi"]) == float(same["xi"])
+    assert [set(row) for row in tune(trainer, "xi", train, val, steps=STEPS, iterations=0)] == [
+        {"iteration", "loss", "xi"}
+    ]
 
 
 def test_descent_keeps_what_must_not_be_negative_at_zero_or_above(setup):

@@ -123,11 +123,11 @@ def unrolled_validation_loss(
     ``window`` (default: all steps) is how many of the last steps the gradient flows through; the
     steps before it are run under `jax.lax.stop_gradient` (truncated hypergradient).
     """
-    if steps < 1:
-        raise ConfigError(f"`steps` (training steps to unroll) must be >= 1; got {steps}.")
+    if not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"`steps` (training steps to unroll) must be a whole number >= 1; got {steps}.")
     window = steps if window is None else window
-    if not 0 < window <= steps:
-        raise ConfigError(f"`window` must be in [1, steps={steps}]; got {window}.")
+    if not isinstance(window, int) or not 0 < window <= steps:
+        raise ConfigError(f"`window` must be a whole number in [1, steps={steps}]; got {window}.")
     _check_data(trainer, train, validation)  # under a caller's jit: shapes and dtypes only
     x, y = train
     n = x.shape[0]
@@ -156,7 +156,7 @@ def unrolled_validation_loss(
 
 def hypergradient(
     trainer: Trainer,
-    names: Sequence[str],
+    names: str | Sequence[str],
     train: tuple[jax.Array, jax.Array],
     validation: tuple[jax.Array, jax.Array],
     *,
@@ -170,6 +170,7 @@ def hypergradient(
     Compiled once per trainer and settings (cached); ``hp`` defaults to ``trainer.hp``.
     Example: ``loss, grads = hypergradient(trainer, ["learning_rate", "threshold"], train, val, steps=20)``.
     """
+    names = _names(names)
     unknown = [n for n in names if n not in DIFFERENTIABLE]
     if unknown or not names:
         raise ConfigError(f"hypergradient `names` {list(names)}: choose from {', '.join(DIFFERENTIABLE)}.")
@@ -187,6 +188,11 @@ def hypergradient(
     hp = trainer.hp if hp is None else hp
     fn = _compiled(trainer, tuple(names), steps, window, remat)
     return fn({n: get_hyper(hp, n) for n in names}, hp, train, validation)
+
+
+def _names(names: str | Sequence[str]) -> list[str]:
+    """``names`` as a list, each once (one name alone may be given as a string: "xi", not "x", "i")."""
+    return [names] if isinstance(names, str) else list(dict.fromkeys(names))
 
 
 def _check_data(trainer: Trainer, train: tuple[jax.Array, jax.Array], validation: tuple[jax.Array, jax.Array]):
@@ -211,7 +217,7 @@ def _compiled(trainer: Trainer, names: tuple[str, ...], steps: int, window: int 
 
 def tune(
     trainer: Trainer,
-    names: Sequence[str],
+    names: str | Sequence[str],
     train: tuple[jax.Array, jax.Array],
     validation: tuple[jax.Array, jax.Array],
     *,
@@ -230,11 +236,11 @@ def tune(
     validation loss. A step that leaves the model otherwise (a threshold at or below ``e_leak``)
     raises `ConfigError`, naming the step.
     """
-    if iterations < 0:
-        raise ConfigError(f"`iterations` (descent steps) must be >= 0; got {iterations}.")
+    if not isinstance(iterations, int) or iterations < 0:
+        raise ConfigError(f"`iterations` (descent steps) must be a whole number >= 0; got {iterations}.")
     if not 0 < meta_lr < math.inf:  # (a negative one ascended)
         raise ConfigError(f"`meta_lr` (the descent's Adam step size) must be > 0 and finite; got {meta_lr}.")
-    hp = trainer.hp if hp is None else hp
+    hp, names = trainer.hp if hp is None else hp, _names(names)
     values = {n: get_hyper(hp, n) for n in names}
     logs = {n: bool(jnp.all(v > 0)) for n, v in values.items()}
     theta = {n: jnp.log(v) if logs[n] else v for n, v in values.items()}
