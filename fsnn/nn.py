@@ -58,6 +58,7 @@ class SpikingDense(nnx.Module):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
+        trainable = (trainable,) if isinstance(trainable, str) else tuple(trainable)  # "threshold": one name
         unknown = set(trainable) - set(NEURON_FIELDS)
         if unknown:
             raise ValueError(f"`trainable` holds unknown fields {sorted(unknown)}; allowed: {NEURON_FIELDS}.")

@@ -53,6 +53,16 @@ def test_trainable_neuron_parameters_get_gradients():
     assert bool(jnp.all(jnp.isfinite(g_theta))) and float(jnp.abs(g_theta).max()) > 0
 
 
+def test_one_trainable_field_may_be_a_string():
+    """("threshold" was taken as the fields "t", "h", ... and refused as unknown.)"""
+    kwargs = {"init_mean": 1.0, "init_std": 1.0, "rngs": nnx.Rngs(0)}
+    one, listed = (
+        SpikingDense(4, 3, trainable="threshold", **kwargs),
+        SpikingDense(4, 3, trainable=["threshold"], **kwargs),
+    )
+    assert list(one.neuron_learned) == list(listed.neuron_learned) == ["threshold"]
+
+
 def test_errors():
     with pytest.raises(ValueError, match="`trainable`"):
         SpikingDense(2, 2, init_mean=0, init_std=1, trainable=("tau",), rngs=nnx.Rngs(0))

@@ -212,6 +212,15 @@ def test_sweep_writes_report_and_table(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines()[:3] == out.splitlines()[:3]
 
 
+def test_a_grid_value_alone_is_one_value():
+    """("mse" was swept as "m", "s", "e"; 0.2 was a TypeError; "0.2" the values 0, ".", 2.)"""
+    for value in ("mse", 0.2, "0.2"):
+        key = "loss" if value == "mse" else "xi"
+        configs = expand_grid(BASE, 2, {key: value})
+        assert [getattr(c, key) for c in configs] == [0.2 if key == "xi" else value] * 2
+    assert [c.hidden for c in expand_grid(BASE, 1, {"hidden": [(10,), (20,)]})] == [(10,), (20,)]
+
+
 def test_the_table_names_settings_as_set_takes_them():
     rows = [
         {"config": {"hidden": [20], "init": [[1.5, 0.8], [0.5, 0.8]], "loss": "mse", "seed": s}, "test_accuracy": 0.5}

@@ -58,7 +58,8 @@ def expand_grid(base: Config, seeds: int, grid: dict[str, Sequence[Any]]) -> lis
     """Every combination of the ``grid`` values, each with seeds ``base.seed, ..., base.seed + seeds - 1``.
 
     Values are parsed and validated like ``--set`` values (`apply_overrides`), so a bad value
-    fails here, before anything is compiled.
+    fails here, before anything is compiled. A string or a number alone is one value (``{"loss":
+    "mse"}``, not the values "m", "s", "e").
     """
     checked_config(base, "base")
     if seeds < 1:
@@ -70,8 +71,9 @@ def expand_grid(base: Config, seeds: int, grid: dict[str, Sequence[Any]]) -> lis
             f"--seeds {seeds} from seed {base.seed} reaches seed {base.seed + seeds - 1}, past the largest, "
             f"2**31 - 1; start at --seed {MAX_SEED + 1 - seeds} or lower."
         )
+    axes = [[v] if isinstance(v, str) or np.ndim(v) == 0 else list(v) for v in grid.values()]
     configs = []
-    for combo in itertools.product(*grid.values()):
+    for combo in itertools.product(*axes):
         setting = apply_overrides(base, dict(zip(grid, combo)))
         configs.extend(dataclasses.replace(setting, seed=base.seed + s) for s in range(seeds))
     return configs
