@@ -219,6 +219,10 @@ def test_a_grid_value_alone_is_one_value():
         configs = expand_grid(BASE, 2, {key: value})
         assert [getattr(c, key) for c in configs] == [0.2 if key == "xi" else value] * 2
     assert [c.hidden for c in expand_grid(BASE, 1, {"hidden": [(10,), (20,)]})] == [(10,), (20,)]
+    ragged = [(), ("threshold",), ("tau_m", "threshold")]  # lists of values of different lengths
+    assert [c.trainable_neuron for c in expand_grid(BASE, 1, {"trainable_neuron": ragged})] == ragged
+    assert [c.xi for c in expand_grid(BASE, 1, {"xi": np.array([0.1, 0.3])})] == [0.1, 0.3]
+    assert [c.xi for c in expand_grid(BASE, 1, {"xi": np.float64(0.3)})] == [0.3]
 
 
 def test_the_table_names_settings_as_set_takes_them():

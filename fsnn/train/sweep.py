@@ -21,7 +21,7 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -71,7 +71,8 @@ def expand_grid(base: Config, seeds: int, grid: dict[str, Sequence[Any]]) -> lis
             f"--seeds {seeds} from seed {base.seed} reaches seed {base.seed + seeds - 1}, past the largest, "
             f"2**31 - 1; start at --seed {MAX_SEED + 1 - seeds} or lower."
         )
-    axes = [[v] if isinstance(v, str) or np.ndim(v) == 0 else list(v) for v in grid.values()]
+    alone = [isinstance(v, str) or getattr(v, "ndim", None) == 0 or not isinstance(v, Iterable) for v in grid.values()]
+    axes = [[v] if one else list(v) for v, one in zip(grid.values(), alone)]  # (lists may be ragged: no np.ndim)
     configs = []
     for combo in itertools.product(*axes):
         setting = apply_overrides(base, dict(zip(grid, combo)))
