@@ -186,6 +186,7 @@ def test_activity_counts_spikes_and_synaptic_events():
     # inputs (+1 bias): 2 and 3 spikes -> 2.5 mean, x 3 targets; hidden (+1 bias): 3 and 2 -> 2.5 x 2
     assert float(a["synaptic_events"]) == pytest.approx(2.5 * 3 + 2.5 * 2)
     assert float(a["decision_time"]) == pytest.approx(2.5)  # the second image never decides
+    assert float(a["decided_fraction"]) == 0.5  # (a decision time alone did not tell how many decided)
     np.testing.assert_allclose(a["spikes_per_neuron"], [0.5, 0.5])
 
 
@@ -228,6 +229,7 @@ def test_in_the_loop_run_learns_and_reports_both_sides(tmp_path):
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     for key in ("test_decision_time", "test_decision_time_us", "test_spikes_per_neuron", "test_synaptic_events"):
         assert key in saved
+    assert 0 < saved["test_decided_fraction"] <= 1
     assert saved["test_decision_time_us"] == pytest.approx(6.0 * saved["test_decision_time"])
     assert all(0 <= s <= 1 for s in saved["test_spikes_per_neuron"])
     again = evaluate_run(tmp_path / "run")  # the jitter of an evaluation depends on the chip seed only

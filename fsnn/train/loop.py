@@ -562,8 +562,9 @@ def activity(x: jax.Array, times: list[jax.Array], n_bias: int) -> dict[str, jax
     """Per-image activity of a split: ``x [n, n_in]`` inputs, ``times`` every layer's ``[n, n_layer]``.
 
     ``decision_time``: mean time of the first output spike over the images with one (the answer is
-    known then); ``spikes_per_neuron``: per layer; ``synaptic_events``: mean spikes delivered per
-    image (every input, bias and hidden spike times the size of the layer it feeds).
+    known then; 0 if no image has one), ``decided_fraction``: the fraction of images with one;
+    ``spikes_per_neuron``: per layer; ``synaptic_events``: mean spikes delivered per image (every
+    input, bias and hidden spike times the size of the layer it feeds).
     """
     first = jnp.min(times[-1], axis=1)
     decided = jnp.isfinite(first)
@@ -573,6 +574,7 @@ def activity(x: jax.Array, times: list[jax.Array], n_bias: int) -> dict[str, jax
         events = events + jnp.mean(sent.astype(x.dtype)) * target.shape[1]
     return {
         "decision_time": jnp.sum(jnp.where(decided, first, 0.0)) / jnp.maximum(jnp.sum(decided), 1).astype(x.dtype),
+        "decided_fraction": jnp.mean(decided.astype(x.dtype)),
         "spikes_per_neuron": jnp.stack([jnp.mean(jnp.isfinite(t).astype(x.dtype)) for t in times]),
         "synaptic_events": events,
     }
@@ -802,6 +804,7 @@ def activity_summary(evaluation: dict, tau_us: float) -> dict[str, Any]:
     return {
         "decision_time": decision,
         "decision_time_us": decision * tau_us,
+        "decided_fraction": float(evaluation["decided_fraction"]),
         "spikes_per_neuron": _to_python(evaluation["spikes_per_neuron"]),
         "synaptic_events": float(evaluation["synaptic_events"]),
     }
