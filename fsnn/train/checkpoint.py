@@ -2,7 +2,8 @@
 
 Each checkpoint's folder also holds the sha256 of its files (`_DIGEST`, written once orbax has
 committed it), so that a damaged checkpoint is found before orbax reads it: one clear error
-instead of TensorStore's failures (or a silently changed weight in a resumed run). The run's
+instead of TensorStore's failures (or a silently changed weight in a resumed run); an intact one
+whose shapes do not fit the run (a config changed by hand) is named as such, not as damaged. The run's
 small files (config, metrics log, results) are replaced atomically too (`write_atomic`), and its
 logs read back without a row that a killed writer cut off (`read_jsonl`).
 """
@@ -83,8 +84,8 @@ def read_jsonl(path: Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-            problem = None if isinstance(rows[-1], dict) else "not an object"
+            row = json.loads(line)
+            problem = None if isinstance(row, dict) else "not an object"
         except ValueError as err:
             problem = str(err)
         if problem:  # a line changed by hand
@@ -92,6 +93,7 @@ def read_jsonl(path: Path) -> list[dict]:
                 f"line {number} of {path} is not a row that fsnn wrote ({problem}); restore or delete that line "
                 "(the run's checkpoints do not depend on it)."
             )
+        rows.append(row)
     return rows
 
 

@@ -10,6 +10,7 @@ import json
 import math
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -409,6 +410,13 @@ def load_config(experiment: str, *, smoke: bool = False) -> Config:
     if not isinstance(config, Config):
         raise ConfigError(f"`{getter}()` in {path} must return fsnn.train.Config; got {type(config).__name__}.")
     return config
+
+
+def grid_values(value: Any) -> list[Any]:
+    """The values a sweep or grid search lists for one key: a list, tuple or array of them, or one
+    value alone (a string or number: ``"mse"``, not "m", "s", "e"). Lists may be ragged (no NumPy)."""
+    alone = isinstance(value, str) or getattr(value, "ndim", None) == 0 or not isinstance(value, Iterable)
+    return [value] if alone else list(value)
 
 
 def saved_configs(path: Path) -> list[Config]:

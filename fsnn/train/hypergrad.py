@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 from fsnn import xla
-from fsnn.train.config import ConfigError
+from fsnn.train.config import ConfigError, grid_values
 from fsnn.train.loop import NEURON_KEYS, Trainer, resolved_solver
 
 __all__ = [
@@ -296,7 +296,7 @@ def grid_search(
     choices = sorted({*hp, *NEURON_KEYS} - {"neuron", "substrate"})
     if not names or not set(names) <= set(choices):
         raise ConfigError(f"grid_search `grid` keys {names}: choose from {', '.join(choices)}.")
-    axes = [[v] if np.ndim(v) == 0 else list(v) for v in grid.values()]  # a single number: one value
+    axes = [grid_values(v) for v in grid.values()]  # a single number: one value
     empty = [n for n, axis in zip(names, axes) if not len(axis)]
     if empty:
         raise ConfigError(f"grid_search `grid` lists no values for {empty}; give one or more per key.")

@@ -21,7 +21,7 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -32,7 +32,15 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from fsnn import xla
 from fsnn.train import checkpoint
-from fsnn.train.config import MAX_SEED, Config, ConfigError, apply_overrides, checked_config, saved_configs
+from fsnn.train.config import (
+    MAX_SEED,
+    Config,
+    ConfigError,
+    apply_overrides,
+    checked_config,
+    grid_values,
+    saved_configs,
+)
 from fsnn.train.loop import (
     DYNAMIC_KEYS,
     Trainer,
@@ -71,10 +79,8 @@ def expand_grid(base: Config, seeds: int, grid: dict[str, Sequence[Any]]) -> lis
             f"--seeds {seeds} from seed {base.seed} reaches seed {base.seed + seeds - 1}, past the largest, "
             f"2**31 - 1; start at --seed {MAX_SEED + 1 - seeds} or lower."
         )
-    alone = [isinstance(v, str) or getattr(v, "ndim", None) == 0 or not isinstance(v, Iterable) for v in grid.values()]
-    axes = [[v] if one else list(v) for v, one in zip(grid.values(), alone)]  # (lists may be ragged: no np.ndim)
     configs = []
-    for combo in itertools.product(*axes):
+    for combo in itertools.product(*map(grid_values, grid.values())):
         setting = apply_overrides(base, dict(zip(grid, combo)))
         configs.extend(dataclasses.replace(setting, seed=base.seed + s) for s in range(seeds))
     return configs
