@@ -1,12 +1,14 @@
-"""Quiet third-party log notes about situations fsnn handles itself (TFDS, orbax log through absl)."""
+"""Where progress goes: quiet third-party log notes about situations fsnn handles itself (TFDS, orbax
+log through absl), and whether stderr shows progress bars in place (a terminal or a notebook)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import Iterator
 
-__all__ = ["without_absl_notes"]
+__all__ = ["without_absl_notes", "shows_bars"]
 
 
 @contextlib.contextmanager
@@ -23,3 +25,10 @@ def without_absl_notes(*prefixes: str) -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(notes)
+
+
+def shows_bars() -> bool:
+    """Whether stderr redraws a progress bar in place: a terminal or a notebook, not a log file."""
+    ipython = sys.modules.get("IPython")
+    notebook = getattr(ipython.get_ipython() if ipython else None, "kernel", None) is not None
+    return sys.stderr.isatty() or notebook

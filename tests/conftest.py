@@ -62,9 +62,14 @@ def mnist_prepared(tmp_path_factory, shared_data_dir) -> Path:
 
     pytest-xdist's workers share one folder: the first to get there prepares, the others wait for its
     lock and read what it wrote (as two runs started together do; `fsnn.data.images.load_images`).
+    The preparing one leaves what the preparation printed in ``preparation-output.json``.
     """
+    import contextlib
+    import io
+    import json
     import socket
 
+    from fsnn import locks
     from fsnn.data.images import load_images
 
     session = tmp_path_factory.getbasetemp()
@@ -74,10 +79,16 @@ def mnist_prepared(tmp_path_factory, shared_data_dir) -> Path:
     def refuse(*args, **kwargs):
         raise OSError("networking is disabled in the tests")
 
-    with pytest.MonkeyPatch.context() as mp:
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, locks.exclusive(prepared / "fixture.lock"):
         mp.setattr(socket, "socket", refuse)
         mp.setattr(socket, "create_connection", refuse)
-        load_images("mnist", data_dir=shared_data_dir, prepared_dir=prepared)
+        first = not (prepared / "preparation-output.json").exists()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            load_images("mnist", data_dir=shared_data_dir, prepared_dir=prepared)
+        if first:  # what the preparation printed, for test_images
+            output = {"stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
+            (prepared / "preparation-output.json").write_text(json.dumps(output))
     assert "tensorflow" not in sys.modules  # where it was prepared (test_images checks where it is read)
     return prepared
 

@@ -1,6 +1,7 @@
 """fsnn.data.images: TF-free TFDS preparation from the original IDX files, offline, and encodings."""
 
 import gzip
+import json
 import logging
 import os
 import shutil
@@ -59,6 +60,29 @@ def test_prepares_offline_without_tensorflow_and_keeps_the_original_order(mnist_
         np.testing.assert_array_equal(direct[name].images, split.images)
         np.testing.assert_array_equal(direct[name].labels, split.labels)
         assert direct[name].labels.dtype == np.int32
+
+
+def test_the_preparation_keeps_stdout_for_results_and_draws_no_bars_into_a_log(mnist_prepared):
+    # `fsnn eval` prints its results as JSON on stdout: TFDS's messages printed there broke it on a first
+    # preparation; its progress bars filled log files (stderr here is not a terminal, as in a batch job)
+    printed = json.loads((mnist_prepared / "preparation-output.json").read_text())
+    assert printed["stdout"] == ""
+    assert "fsnn_mnist" in printed["stderr"]  # TFDS's messages, on stderr
+    assert "examples/s" not in printed["stderr"] and "Generating" not in printed["stderr"]
+
+
+def test_preparation_bars_show_where_they_redraw_unless_quiet(monkeypatch, capsys):
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    monkeypatch.setattr(images_module, "shows_bars", lambda: True)  # a terminal or a notebook
+    shown = {}
+    for quiet in (False, True):
+        with images_module._preparing(quiet):
+            shown[quiet] = tqdm_utils._active
+            print("a TFDS message")
+    assert shown == {False: True, True: False}
+    assert tqdm_utils._active  # TFDS's own setting is back
+    assert capsys.readouterr() == ("", "a TFDS message\n" * 2)
 
 
 def test_read_arrays_are_kept_in_the_process_and_beside_the_prepared_files(

@@ -34,17 +34,19 @@ import hashlib
 import json
 import os
 import socket
+import sys
 import time
 import urllib.parse
 import urllib.request
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from fsnn import locks
-from fsnn.logs import without_absl_notes
+from fsnn.logs import shows_bars, without_absl_notes
 
 __all__ = ["DataError", "IMAGE_DATASETS", "load_images", "read_originals", "encode_images", "data_dir_from_env"]
 
@@ -236,7 +238,7 @@ def _locate_originals(name: str, data_dir: Path | None, prepared_dir: Path) -> d
 
 
 def load_images(
-    name: str, *, data_dir: Path | str | None = None, prepared_dir: Path | str | None = None
+    name: str, *, data_dir: Path | str | None = None, prepared_dir: Path | str | None = None, quiet: bool = False
 ) -> dict[str, Images]:
     """Train / validation / test images of ``name`` (``"mnist"`` or ``"fashion_mnist"``), in original order.
 
@@ -244,6 +246,9 @@ def load_images(
     download) and reads them back with TFDS's data source; TensorFlow is never imported. The arrays
     read are kept in the process and beside the prepared files (`_read_prepared`): later calls and
     later processes (a notebook's next ``load_data``, the next run) skip TFDS's slow decoding.
+
+    The preparation's messages go to stderr (stdout carries results, such as ``fsnn eval``'s JSON),
+    its progress bars only to a terminal or a notebook, and not at all when ``quiet``.
     """
     if name not in _SOURCES:
         raise ValueError(f"`name` must be one of {IMAGE_DATASETS}; got {name!r}.")
@@ -259,8 +264,10 @@ def load_images(
             with locks.exclusive(prepared_dir / f"{builder.name}.lock"):
                 builder = builder_of({})
                 if not builder.is_prepared():  # else another process prepared it while this one waited
-                    builder = builder_of(_locate_originals(name, Path(data_dir) if data_dir else None, prepared_dir))
-                    builder.download_and_prepare(download_config=_no_gcs())
+                    with _preparing(quiet):  # (downloads included)
+                        originals = _locate_originals(name, Path(data_dir) if data_dir else None, prepared_dir)
+                        builder = builder_of(originals)
+                        builder.download_and_prepare(download_config=_no_gcs())
     return _split(*_read_prepared(Path(builder.data_dir), builder.as_data_source))
 
 
@@ -352,6 +359,20 @@ def _split(train: Images, test: Images) -> dict[str, Images]:
         "validation": Images(train.images[N_TRAIN:], train.labels[N_TRAIN:]),
         "test": test,
     }
+
+
+@contextlib.contextmanager
+def _preparing(quiet: bool) -> Iterator[None]:
+    """TFDS prints to stdout and draws its bars into any stream; see `load_images`."""
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    was = getattr(tqdm_utils, "_active", True)
+    tqdm_utils.display_progress_bar(not quiet and shows_bars())
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        tqdm_utils.display_progress_bar(was)
 
 
 def _no_gcs():

@@ -28,6 +28,7 @@ from fsnn.core.spike_time import resolve_solver
 from fsnn.data.images import data_dir_from_env, encode_images, load_images
 from fsnn.data.yinyang import yinyang_splits
 from fsnn.encoding import add_input_noise, flip_image, shift_image, values_to_times
+from fsnn.logs import shows_bars
 from fsnn.losses import is_correct, mse_spike_time, ttfs_cross_entropy
 from fsnn.nn import SpikingNetwork, batched
 from fsnn.remedies import BumpState, apply_bump, bump_targets, drop_large_weight_grads
@@ -55,11 +56,14 @@ class TrainState(NamedTuple):
     epoch: jax.Array  # epochs completed
 
 
-def load_data(config: Config, data_dir: str | Path | None = None) -> dict[str, tuple[jax.Array, jax.Array]]:
+def load_data(
+    config: Config, data_dir: str | Path | None = None, *, quiet: bool = False
+) -> dict[str, tuple[jax.Array, jax.Array]]:
     """Encoded input times ``[n, n_in]`` and labels ``[n]`` per split, on the default device.
 
     Yin-Yang is generated; image datasets come from `fsnn.data.load_images` (originals in
-    ``data_dir`` or ``$FSNN_DATA_DIR``, else downloaded by TFDS).
+    ``data_dir`` or ``$FSNN_DATA_DIR``, else downloaded by TFDS; ``quiet``: no progress bars while
+    they are prepared the first time).
     """
     dtype = jnp.dtype(config.dtype)
     cuts = {"train": config.train_size, "validation": config.eval_size, "test": config.eval_size}
@@ -70,7 +74,7 @@ def load_data(config: Config, data_dir: str | Path | None = None) -> dict[str, t
         }
     else:
         base, size = (config.dataset[:-2], 16) if config.dataset.endswith("16") else (config.dataset, 28)
-        images = load_images(base, data_dir=data_dir or data_dir_from_env())
+        images = load_images(base, data_dir=data_dir or data_dir_from_env(), quiet=quiet)
         splits = {  # only the images kept are encoded
             name: (
                 encode_images(
@@ -695,7 +699,7 @@ def _train_and_evaluate(
                 f"--resume with a different config (keys {diff}); use the saved config or a new --workdir."
             )
     workdir.mkdir(parents=True, exist_ok=True)
-    data = trainer.place(load_data(config, data_dir))
+    data = trainer.place(load_data(config, data_dir, quiet=quiet))
     state = trainer.init_state()
     if resume and has_run:
         state = checkpoint.restore_latest(ckpt_dir, state)
@@ -815,16 +819,11 @@ def _progress(total: int, initial: int, quiet: bool, label: str = ""):
     file (a batch job) a line now and then; nothing when ``quiet``. ``label`` names what trains."""
     if quiet:
         return None
-    if sys.stderr.isatty() or _in_notebook():
+    if shows_bars():
         from tqdm.std import tqdm  # (tqdm.notebook would need ipywidgets)
 
         return tqdm(total=total, initial=initial, unit="epoch", dynamic_ncols=True, desc=label or None)
     return _EpochLines(total, initial, label)
-
-
-def _in_notebook() -> bool:
-    ipython = sys.modules.get("IPython")
-    return getattr(ipython.get_ipython() if ipython else None, "kernel", None) is not None
 
 
 class _EpochLines:

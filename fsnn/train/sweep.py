@@ -234,7 +234,7 @@ def _train_group(
     evaluate = evaluators[first.in_the_loop]
     n = len(configs)
     hps, runs = _initial_runs(trainer, configs)
-    data = load_data(first, data_dir)
+    data = load_data(first, data_dir, quiet=quiet)
     if mesh is not None:
         data = jax.device_put(data, NamedSharding(mesh, PartitionSpec()))
     (x_train, y_train), (x_val, y_val) = data["train"], data["validation"]
