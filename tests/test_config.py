@@ -137,9 +137,15 @@ def test_dropout_only_where_it_acts(other):
         apply_overrides(Config(), {"dropout": "0.2", **other})
 
 
-def test_unknown_experiment():
+def test_unknown_experiment(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="experiment `nope` not found"):
         load_config("nope")
+    (tmp_path / "my_config.txt").write_text("def get_config(): ...\n")  # a file, not a name
+    with pytest.raises(ValueError, match="my_config.txt is not a Python file; give a .py file"):
+        load_config(str(tmp_path / "my_config.txt"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "yinyang").write_text("")  # a file beside does not hide the experiment of that name
+    assert load_config("yinyang").name == "yinyang"
 
 
 def test_every_experiment_loads_and_validates():

@@ -394,7 +394,10 @@ def load_config(experiment: str, *, smoke: bool = False) -> Config:
     """``get_config()`` (or ``get_smoke_config()``) of an experiment name or a Python file path."""
     path = Path(experiment)
     if path.suffix != ".py":
-        path = EXPERIMENTS_DIR / f"{experiment}.py"
+        named = EXPERIMENTS_DIR / f"{experiment}.py"
+        if path.is_file() and not named.is_file():
+            raise ConfigError(f"experiment file {path} is not a Python file; give a .py file with `get_config()`.")
+        path = named
     if not path.is_file():
         known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.py")) if EXPERIMENTS_DIR.is_dir() else []
         raise ConfigError(
