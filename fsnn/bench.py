@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ def prefix_search(dtype: str) -> str:
     return f"chunk{spike_time.CHUNK}"
 
 
-def median_seconds(fn, *args, repeats: int) -> float:
+def median_seconds(fn: Callable[..., Any], *args: Any, repeats: int) -> float:
     """Median wall time of ``fn(*args)`` over ``repeats`` synchronised calls (warm it up first)."""
     times = []
     for _ in range(repeats):
@@ -104,8 +105,8 @@ def bench_network(
 
 
 def run_benchmarks(
-    networks=tuple(NETWORKS),
-    dtypes=("float32", "float64"),
+    networks: Sequence[str] = tuple(NETWORKS),
+    dtypes: Sequence[str] = ("float32", "float64"),
     *,
     large_batch: int = 1024,
     steps: int = 4,

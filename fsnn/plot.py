@@ -14,10 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from fsnn.core.neuron import LIFParams
 
 __all__ = [
     "training_curves",
@@ -131,7 +135,7 @@ def spike_raster(
 def membrane_traces(
     input_times: np.ndarray,
     weights: np.ndarray,
-    params=None,
+    params: LIFParams | None = None,
     neurons: Sequence[int] = (0,),
     t_max: float | None = None,
     points: int = 600,

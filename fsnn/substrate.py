@@ -40,6 +40,7 @@ from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 from jaxtyping import Array, ArrayLike, Float
 
 from fsnn.core.batch_grad import batch_spike_times
@@ -140,7 +141,7 @@ def check_substrate(values: Mapping[str, object], prefix: str = "") -> None:
 BRAINSCALES2 = Substrate(variation=0.05, weight_bits=6, jitter=0.01)
 
 
-def substrate_values(substrate: Substrate, n_layers: int, dtype=jnp.float32) -> dict[str, Array]:
+def substrate_values(substrate: Substrate, n_layers: int, dtype: DTypeLike = jnp.float32) -> dict[str, Array]:
     """The values a compiled run reads as arrays (so sweeps can stack them): variation, jitter,
     dead fraction, chip seed, steps per side of zero (``levels``) and ``weight_max`` per layer."""
     if substrate.weight_bits is not None and len(substrate.weight_max) != n_layers:
@@ -159,7 +160,7 @@ def substrate_values(substrate: Substrate, n_layers: int, dtype=jnp.float32) -> 
     }
 
 
-def draw_pattern(key: jax.Array, sizes: Sequence[int], dtype=jnp.float32) -> list[dict[str, Array]]:
+def draw_pattern(key: jax.Array, sizes: Sequence[int], dtype: DTypeLike = jnp.float32) -> list[dict[str, Array]]:
     """A chip: per layer, ``z [3, n]`` (N(0, 1) for ``tau_m``, ``tau_s``, ``theta``) and ``u [n]`` (U(0, 1))."""
     pattern = []
     for layer_key, n in zip(jax.random.split(key, len(sizes)), sizes):

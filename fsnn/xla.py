@@ -17,6 +17,8 @@ import hashlib
 import os
 import pathlib
 import platform
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +38,7 @@ def _cpu_options_known() -> bool:
     return True
 
 
-def jit(fn, **kwargs):
+def jit(fn: Callable[..., Any], **kwargs: Any) -> Callable[..., Any]:
     """`jax.jit` with `CPU_OPTIONS` when the default backend is a CPU and XLA knows them."""
     if jax.default_backend() == "cpu" and _cpu_options_known():
         kwargs["compiler_options"] = {**CPU_OPTIONS, **kwargs.get("compiler_options", {})}

@@ -33,7 +33,8 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float
+from jax.typing import DTypeLike
+from jaxtyping import Array, ArrayLike, Bool, Float
 
 from fsnn.xla import cache_dir, cpu_identity
 
@@ -120,7 +121,7 @@ def available() -> bool:
     return True
 
 
-def supports(dtype) -> bool:
+def supports(dtype: DTypeLike) -> bool:
     """Whether the kernel runs layers of ``dtype`` (float32 and float64)."""
     return np.dtype(dtype) in _TARGETS
 
@@ -129,9 +130,9 @@ def causal_prefix_native(
     solver: str,
     input_times: Float[Array, " n_in"],
     weights: Float[Array, "n_in n_out"],
-    tau_m,
-    tau_s,
-    theta_c,
+    tau_m: Float[ArrayLike, "*n_out"],
+    tau_s: Float[ArrayLike, "*n_out"],
+    theta_c: Float[ArrayLike, "*n_out"],
 ) -> tuple[Bool[Array, " n_out"], Array, Array, Array, Array]:
     """`fsnn.core.spike_time._causal_prefix` of one sample: ``(fired, t_k, B, D, peak)``, each ``[n_out]``.
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array, ArrayLike, Float, Int
 
 from fsnn.core.spike_time import _gaps, _walk_step
 
@@ -45,9 +45,9 @@ def causal_prefix_kernel(
     ts: Float[Array, " n_in"],
     order: Int[Array, " n_in"],
     weights: Float[Array, "n_in n_out"],
-    tau_m,
-    tau_s,
-    theta_c,
+    tau_m: Float[ArrayLike, "*n_out"],
+    tau_s: Float[ArrayLike, "*n_out"],
+    theta_c: Float[ArrayLike, "*n_out"],
     *,
     interpret: bool = False,
 ) -> tuple[Array, Array, Array, Array, Array]:

@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +49,7 @@ def _manager(directory: Path) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(Path(directory).resolve(), options=options)
 
 
-def save(directory: Path, state, step: int | None = None) -> None:
+def save(directory: Path, state: Any, step: int | None = None) -> None:
     """Save ``state`` under ``step`` (default: its epoch, ``state.epoch``); keeps the two latest."""
     step = int(state.epoch) if step is None else step
     with _manager(directory) as manager:
