@@ -437,7 +437,7 @@ def _run_of(workdir: Path, run: int | None) -> tuple[list[Config], int, list[int
     if run is None or not 0 <= run < len(configs):
         raise ConfigError(
             f"{workdir} holds a sweep of {len(configs)} runs: choose one with --run I, 0 <= I < {len(configs)} "
-            f"(the `run` of its row in sweep.json); got {run}."
+            f"(the `run` of its row in sweep.json)" + ("." if run is None else f"; got {run}.")
         )
     g, indices = next((g, indices) for g, indices in enumerate(_groups(configs)) if run in indices)
     return configs, g, indices
