@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -116,8 +117,13 @@ def check_substrate(values: Mapping[str, object], prefix: str = "") -> None:
     problems = {
         "variation": (not 0 <= v["variation"] <= 1, "is a relative spread in [0, 1]"),
         "weight_bits": (
-            v["weight_bits"] is not None and not 1 <= v["weight_bits"] <= 16,
-            "must be in 1..16 or None (float)",
+            v["weight_bits"] is not None
+            and not (
+                isinstance(v["weight_bits"], numbers.Integral)
+                and not isinstance(v["weight_bits"], bool)
+                and 1 <= v["weight_bits"] <= 16
+            ),
+            "must be a whole number in 1..16, or None (float weights)",
         ),
         "weight_max": (any(not w > 0 for w in v["weight_max"]), "values must be > 0"),
         "jitter": (not v["jitter"] >= 0, "must be >= 0"),

@@ -280,7 +280,9 @@ def test_robustness_study_smoke(tmp_path):
         ({"variation": -0.1}, "`variation` is a relative spread in [0, 1]; got -0.1."),
         ({"dead_fraction": 1.0}, "`dead_fraction` must lie in [0, 1); got 1.0."),
         ({"dt": 0.0}, "`dt` must be > 0 with at most 1e5 steps up to `t_max` (8.0), or None (exact); got 0.0."),
-        ({"weight_bits": 0}, "`weight_bits` must be in 1..16 or None (float); got 0."),
+        ({"weight_bits": 0}, "`weight_bits` must be a whole number in 1..16, or None (float weights); got 0."),
+        ({"weight_bits": 3.5}, "`weight_bits` must be a whole number in 1..16, or None (float weights); got 3.5."),
+        ({"weight_bits": True}, "`weight_bits` must be a whole number in 1..16, or None (float weights); got True."),
         ({"jitter": -1.0}, "`jitter` must be >= 0; got -1.0."),
     ],
 )
