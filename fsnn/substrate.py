@@ -96,6 +96,7 @@ class Substrate:
     tau_us: float = 6.0
 
     def __post_init__(self):
+        object.__setattr__(self, "weight_max", tuple(self.weight_max))  # (a list would make it unhashable)
         check_substrate(dataclasses.asdict(self))
 
     @property
@@ -125,15 +126,16 @@ def check_substrate(values: Mapping[str, object], prefix: str = "") -> None:
             ),
             "must be a whole number in 1..16, or None (float weights)",
         ),
-        "weight_max": (any(not w > 0 for w in v["weight_max"]), "values must be > 0"),
+        "weight_max": (any(not 0 < w < math.inf for w in v["weight_max"]), "values must be > 0 and finite"),
         "jitter": (not v["jitter"] >= 0, "must be >= 0"),
         "dead_fraction": (not 0 <= v["dead_fraction"] < 1, "must lie in [0, 1)"),
-        "t_max": (not v["t_max"] > 0, "must be > 0"),
+        "t_max": (not 0 < v["t_max"] < math.inf, "must be > 0 and finite"),
         "dt": (
             v["dt"] is not None and not (v["dt"] > 0 and v["t_max"] / v["dt"] <= 10**5),
             f"must be > 0 with at most 1e5 steps up to `{prefix}t_max` ({v['t_max']}), or None (exact)",
         ),
-        "tau_us": (not v["tau_us"] > 0, "must be > 0"),
+        "seed": (not isinstance(v["seed"], numbers.Integral) or isinstance(v["seed"], bool), "must be a whole number"),
+        "tau_us": (not 0 < v["tau_us"] < math.inf, "must be > 0 and finite"),
     }
     for key, (bad, why) in problems.items():
         if bad:

@@ -107,7 +107,7 @@ def test_python_values_of_the_wrong_type_are_named(values, match):
         ("substrate_seed", str(2**40), "`substrate_seed` must be a 32-bit integer"),
         ("substrate_variation", "1.5", r"`substrate_variation` is a relative spread in \[0, 1\]; got 1\.5\."),
         ("substrate_dt", "0.0", r"`substrate_dt` must be > 0 with at most 1e5 steps up to `substrate_t_max` \(8\.0\)"),
-        ("substrate_weight_max", "(1.0, -2.0)", r"`substrate_weight_max` values must be > 0; got \(1\.0, -2\.0\)\."),
+        ("substrate_weight_max", "(1.0, -2.0)", r"`substrate_weight_max` values must be > 0 and finite; got \(1\.0,"),
         ("substrate_weight_max", "(1.0,)", r"`substrate_weight_max` \(values > 0, or \(\) for .*\) needs one entry"),
         # a new `hidden` names every per-layer key to change at once (it named one per attempt)
         (

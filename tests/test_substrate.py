@@ -3,6 +3,7 @@
 import dataclasses
 import importlib.util
 import json
+import math
 import re
 
 import jax
@@ -284,9 +285,20 @@ def test_robustness_study_smoke(tmp_path):
         ({"weight_bits": 3.5}, "`weight_bits` must be a whole number in 1..16, or None (float weights); got 3.5."),
         ({"weight_bits": True}, "`weight_bits` must be a whole number in 1..16, or None (float weights); got True."),
         ({"jitter": -1.0}, "`jitter` must be >= 0; got -1.0."),
+        (
+            {"weight_bits": 4, "weight_max": (1.0, math.inf)},
+            "`weight_max` values must be > 0 and finite; got (1.0, inf)",
+        ),
+        ({"seed": 1.5}, "`seed` must be a whole number; got 1.5."),
+        ({"tau_us": math.inf}, "`tau_us` must be > 0 and finite; got inf."),
     ],
 )
 def test_an_impossible_substrate_is_named(values, message):
     """The Python API checks what the `substrate_*` config keys check (one rule set for both)."""
     with pytest.raises(ValueError, match=re.escape(message)):
         sub.Substrate(**values)
+
+
+def test_a_substrate_holds_weight_max_as_a_tuple():
+    chip = sub.Substrate(weight_bits=4, weight_max=[1.0, 2.0])  # a list would make it unhashable
+    assert chip.weight_max == (1.0, 2.0) and hash(chip) == hash(sub.Substrate(weight_bits=4, weight_max=(1.0, 2.0)))
