@@ -102,6 +102,9 @@ def test_python_values_of_the_wrong_type_are_named(values, match):
         ("adam_b2", "1", r"`adam_b2` is a decay rate in \[0, 1\)"),
         ("adam_b1", "-0.5", "`adam_b1` is a decay rate"),
         ("bump_value", "0", "`bump_value` must be > 0 with `weight_bumping`"),
+        # more samples than a split holds trained on fewer without a word
+        ("train_size", "5001", r"`train_size` must be at most 5000, the size of yinyang's train split \(0 = all\)"),
+        ("eval_size", "1001", r"`eval_size` must be at most 1000, the size of yinyang's validation and test splits"),
         ("seed", str(2**31), r"`seed` must be a 32-bit integer, -2\*\*31 \.\. 2\*\*31 - 1; got 2147483648\."),
         ("seed", "-99999999999999999999", "`seed` must be a 32-bit integer"),
         ("substrate_seed", str(2**40), "`substrate_seed` must be a 32-bit integer"),
@@ -120,6 +123,13 @@ def test_python_values_of_the_wrong_type_are_named(values, match):
 def test_bad_values_fail_with_the_key_named(key, value, match):
     with pytest.raises(ValueError, match=match):
         apply_overrides(Config(), {key: value})
+
+
+def test_image_sizes_are_checked_against_their_splits():
+    mnist = load_config("mnist16")
+    assert apply_overrides(mnist, {"train_size": "50000", "eval_size": "10000"}).train_size == 50_000
+    with pytest.raises(ValueError, match="`train_size` must be at most 50000, the size of mnist16's train split"):
+        apply_overrides(mnist, {"train_size": "60000"})
 
 
 @pytest.mark.parametrize(

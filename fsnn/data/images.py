@@ -97,6 +97,7 @@ _SOURCES = {
 }
 IMAGE_DATASETS = tuple(_SOURCES)
 N_TRAIN = 50_000  # the rest of the 60 000 training images is the validation split
+SPLIT_SIZES = {"train": N_TRAIN, "validation": 60_000 - N_TRAIN, "test": 10_000}  # MNIST and Fashion-MNIST
 
 
 class DataError(RuntimeError):
