@@ -83,6 +83,9 @@ def silent_fractions(metrics: Sequence[dict]) -> Figure:
 
 def weight_histograms(kernels: Sequence[np.ndarray], bins: int = 50) -> Figure:
     """One histogram of the weights (bias rows included) per layer."""
+    shapes = [np.shape(k) for k in kernels]
+    if not shapes or any(len(shape) != 2 for shape in shapes):
+        raise ValueError(f"`kernels` must be a list of [n_in, n_out] weight arrays, one per layer; got {shapes}.")
     fig, axes = plt.subplots(1, len(kernels), figsize=(3.2 * len(kernels), 3), layout="constrained", squeeze=False)
     for i, (ax, kernel) in enumerate(zip(axes[0], kernels)):
         ax.hist(np.ravel(kernel), bins=bins, histtype="stepfilled")
@@ -103,6 +106,14 @@ def spike_raster(
     the input layer. The decision is the first output spike (dashed line, decided class in red).
     """
     layers = ([np.asarray(input_times)] if input_times is not None else []) + [np.asarray(t) for t in layer_times]
+    shapes = [t.shape for t in layers]
+    if len(layer_times) == 0 or any(len(shape) != 2 or shape[0] != shapes[0][0] for shape in shapes):
+        raise ValueError(
+            "`layer_times` (a list, one [n_samples, n_neurons] array per layer) and `input_times` must share "
+            f"n_samples; got shapes {shapes}."
+        )
+    if any(not -shapes[0][0] <= s < shapes[0][0] for s in samples):
+        raise ValueError(f"`samples` must index the {shapes[0][0]} samples; got {tuple(samples)}.")
     names = (["input"] if input_times is not None else []) + [
         "output" if i == len(layer_times) - 1 else f"hidden {i + 1}" for i in range(len(layer_times))
     ]

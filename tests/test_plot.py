@@ -85,6 +85,9 @@ def test_weight_histograms_count_every_weight(run_times):
     for ax, kernel in zip(fig.axes, kernels):
         counts = bin_counts(ax)
         assert len(counts) == 10 and counts.sum() == kernel.size
+    for wrong in ([], kernels[0]):  # no layer; one kernel not in a list (its rows were taken for layers)
+        with pytest.raises(ValueError, match=r"`kernels` must be a list of \[n_in, n_out\] weight arrays"):
+            plot.weight_histograms(wrong)
 
 
 def test_spike_raster_marks_spikes_and_decisions(run_times):
@@ -96,6 +99,12 @@ def test_spike_raster_marks_spikes_and_decisions(run_times):
     decision = np.min(times[1][0])
     if np.isfinite(decision):
         assert any(np.allclose(line.get_xdata(), decision) for line in hidden_ax.lines)
+    with pytest.raises(ValueError, match=r"`layer_times` \(a list, one \[n_samples, n_neurons\] array per layer\)"):
+        plot.spike_raster(times[-1])  # the output layer alone, not in a list: its rows were taken for layers
+    with pytest.raises(ValueError, match=r"must share n_samples; got shapes \[\(\d+, \d+\), \(2, \d+\)"):
+        plot.spike_raster([t[:2] for t in times], x)
+    with pytest.raises(ValueError, match=r"`samples` must index the \d+ samples; got \(0, 100000\)"):
+        plot.spike_raster(times, samples=(0, 100_000))
 
 
 def test_membrane_traces_of_a_trained_neuron(run_times):
