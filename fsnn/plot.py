@@ -166,6 +166,13 @@ def membrane_traces(
     input_times = np.asarray(input_times, np.float64)
     weights = np.asarray(weights, np.float64)
     spikes = np.asarray(layer_spike_times(jnp.asarray(input_times), jnp.asarray(weights), params))
+    n = len(spikes)
+    if len(neurons) == 0 or any(not -n <= j < n for j in neurons):
+        raise ValueError(f"`neurons` must list neurons of the layer, 0 .. {n - 1}; got {tuple(neurons)}.")
+    if t_max is not None and not 0 < t_max < np.inf:
+        raise ValueError(f"`t_max` must be > 0 and finite, or None (after the last spike); got {t_max}.")
+    if points < 2:
+        raise ValueError(f"`points` must be >= 2; got {points}.")
     finite = np.concatenate([input_times[np.isfinite(input_times)], spikes[np.isfinite(spikes)]])
     t_max = t_max or (1.5 * float(finite.max()) + 1.0 if finite.size else 5.0)
     grid = np.linspace(0.0, t_max, points)
@@ -252,6 +259,8 @@ def yinyang_maps(
     ``output_times_fn`` maps points ``[n, 4]`` = (x, y, 1 - x, 1 - y) to output spike times ``[n, 3]``
     (e.g. a trained network, encoding included). Like Figure 2 of Göltz et al. (2021).
     """
+    if resolution < 2:
+        raise ValueError(f"`resolution` (grid points per side) must be >= 2; got {resolution}.")
     xs = np.linspace(0.0, 1.0, resolution)
     gx, gy = np.meshgrid(xs, xs)
     grid = np.stack([gx.ravel(), gy.ravel(), 1 - gx.ravel(), 1 - gy.ravel()], axis=1)

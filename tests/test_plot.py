@@ -130,6 +130,14 @@ def test_membrane_traces_cross_threshold_at_the_spike():
     assert np.all(v[t < spike - (t[1] - t[0])] < 1.0)
     marker_lines = [line for line in ax.lines if len(line.get_xdata()) == 1]
     assert len(marker_lines) == 1  # neuron 1 stays silent: only neuron 0's spike is marked
+    for kwargs, message in (
+        ({"neurons": (2,)}, r"`neurons` must list neurons of the layer, 0 \.\. 1; got \(2,\)"),  # (an IndexError)
+        ({"t_max": np.inf}, r"`t_max` must be > 0 and finite"),  # (matplotlib's "Axis limits cannot be NaN or Inf")
+        ({"t_max": -1.0}, r"`t_max` must be > 0 and finite"),  # (drew an empty, reversed axis)
+        ({"points": 0}, r"`points` must be >= 2; got 0"),  # (drew no trace)
+    ):
+        with pytest.raises(ValueError, match=message):
+            plot.membrane_traces(t_in, w, params, **kwargs)
 
 
 def test_confusion_matrix_and_histograms_of_the_run(run_times):
@@ -171,4 +179,6 @@ def test_yinyang_maps_show_decisions_over_the_plane():
     fig = plot.yinyang_maps(times_fn, samples, np.arange(50) % 3, resolution=20)
     decision = fig.axes[1].images[0].get_array()
     assert decision.shape == (20, 20)
+    with pytest.raises(ValueError, match=r"`resolution` \(grid points per side\) must be >= 2; got 0"):
+        plot.yinyang_maps(times_fn, samples, np.arange(50) % 3, resolution=0)  # (drew empty maps)
     assert np.all(decision[:, :9] == 0) and np.all(decision[:, 11:] == 1)
