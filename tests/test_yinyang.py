@@ -65,3 +65,10 @@ def test_an_unknown_split_name_is_refused():
         ValueError, match=r"unknown splits \['trian'\]; the splits are \['train', 'validation', 'test'\]"
     ):
         yinyang_splits({"trian": 10})
+
+
+@pytest.mark.parametrize("size", [1001, 2.5, -1])
+def test_a_split_size_it_cannot_give_is_refused(size):
+    # 1001 gave the 1000 there are and 2.5 gave 2, without a word
+    with pytest.raises(ValueError, match=rf"`sizes\['test'\]` must be a whole number in 0..1000; got {size}\."):
+        yinyang_splits({"test": size})

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 from typing import NamedTuple
 
@@ -61,11 +62,10 @@ def yinyang_splits(sizes: dict[str, int] | None = None) -> dict[str, Split]:
     unknown = set(sizes or ()) - set(PUBLISHED)
     if unknown:
         raise ValueError(f"`sizes` names unknown splits {sorted(unknown)}; the splits are {list(PUBLISHED)}.")
-    out = {}
-    for name, (size, seed) in PUBLISHED.items():
-        n = min(size, int((sizes or {}).get(name, size)))
-        out[name] = yinyang(n, seed)
-    return out
+    for name, n in (sizes or {}).items():
+        if not (isinstance(n, numbers.Integral) and 0 <= n <= PUBLISHED[name][0]):  # (was cut to fit)
+            raise ValueError(f"`sizes[{name!r}]` must be a whole number in 0..{PUBLISHED[name][0]}; got {n!r}.")
+    return {name: yinyang((sizes or {}).get(name, size), seed) for name, (size, seed) in PUBLISHED.items()}
 
 
 def load_published_yinyang(directory: str | Path) -> dict[str, Split]:
