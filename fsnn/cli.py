@@ -47,6 +47,7 @@ def _train(args) -> int:
     if args.print_config:
         print(config.to_json())
         return 0
+    _show_cpu_cores_as_devices(config.devices)  # (data parallelism over a CPU's cores)
     if args.distributed:  # multi-host: one process per host, cluster found from the environment
         import jax
 
@@ -94,17 +95,19 @@ def _parse_grid(items: list[str]) -> dict[str, list]:
 
 
 def _show_cpu_cores_as_devices(n: int) -> None:
-    """Let JAX's CPU backend show ``n`` devices (one per core), if it has not started yet.
+    """Let JAX's CPU backend show ``n`` > 1 devices (one per core, so at most this machine's cores), if
+    it has not started yet.
 
     Only the CPU backend reads this; on a GPU machine the GPUs stay the devices. Once JAX has run
     anything (a notebook, a test) the count is fixed and the visible-device check explains.
     """
     import jax
 
-    try:
-        jax.config.update("jax_num_cpu_devices", n)
-    except RuntimeError:
-        pass
+    if 1 < n <= (os.cpu_count() or 1):
+        try:
+            jax.config.update("jax_num_cpu_devices", n)
+        except RuntimeError:
+            pass
 
 
 def _sweep(args) -> int:
@@ -121,8 +124,7 @@ def _sweep(args) -> int:
         base = apply_overrides(base, {"seed": args.seed})
     configs = expand_grid(base, args.seeds, grid)  # all validated before compiling
     workdir = Path(args.workdir or f"runs/{base.name}-sweep")
-    if args.devices > 1:
-        _show_cpu_cores_as_devices(args.devices)
+    _show_cpu_cores_as_devices(args.devices)
     rows, _ = sweep(
         configs, workdir, base=base, quiet=args.quiet, data_dir=args.data_dir, resume=args.resume, devices=args.devices
     )

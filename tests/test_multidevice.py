@@ -111,3 +111,21 @@ def test_sweep_spread_over_two_devices_matches_one_and_resumes_on_one():
     assert "--devices must be 0 (all) or 1..2" in out["error"]
     available, traced = out["native"]
     assert traced > 0 or not available
+
+
+def test_train_devices_shows_a_cpus_cores_as_devices(tmp_path):
+    """`fsnn train --devices 2` on a CPU trains on two of its cores as devices, as `fsnn sweep --devices 2`
+    does (it failed, advising XLA_FLAGS); the run ends as on one device."""
+    from fsnn.cli import main
+    from fsnn.train.checkpoint import read_jsonl
+
+    command = ["train", "yinyang", "--smoke", "--epochs", "2", "--set", "dtype=float64", "--quiet", "--no-figures"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main([*command, "--workdir", str(one)]) == 0
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    run = [sys.executable, "-m", "fsnn.cli", *command, "--devices", "2", "--workdir", str(two)]
+    done = subprocess.run(run, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((two / "config.json").read_text())["devices"] == 2
+    for a, b in zip(read_jsonl(one / "metrics.jsonl"), read_jsonl(two / "metrics.jsonl"), strict=True):
+        assert abs(a["val_loss"] - b["val_loss"]) < 1e-9 and a["train_accuracy"] == b["train_accuracy"]

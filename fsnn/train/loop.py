@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -591,8 +592,8 @@ def _data_mesh(config: Config) -> Mesh | None:
     if n > len(available):
         raise ConfigError(
             f"config key `devices` is {n} but only {len(available)} device(s) are visible; set it to at most "
-            f"{len(available)} (0 = all). On a CPU, XLA_FLAGS=--xla_force_host_platform_device_count={n} set before "
-            "JAX starts shows its cores as devices."
+            f"{len(available)} (0 = all). On a CPU the command line shows N <= {os.cpu_count()} cores as N devices; "
+            "in Python call `jax.config.update('jax_num_cpu_devices', N)` before JAX runs."
         )
     if config.batch_size % n:
         raise ConfigError(
