@@ -118,12 +118,7 @@ def check_substrate(values: Mapping[str, object], prefix: str = "") -> None:
     problems = {
         "variation": (not 0 <= v["variation"] <= 1, "is a relative spread in [0, 1]"),
         "weight_bits": (
-            v["weight_bits"] is not None
-            and not (
-                isinstance(v["weight_bits"], numbers.Integral)
-                and not isinstance(v["weight_bits"], bool)
-                and 1 <= v["weight_bits"] <= 16
-            ),
+            v["weight_bits"] is not None and not (_whole(v["weight_bits"]) and 1 <= v["weight_bits"] <= 16),
             "must be a whole number in 1..16, or None (float weights)",
         ),
         "weight_max": (any(not 0 < w < math.inf for w in v["weight_max"]), "values must be > 0 and finite"),
@@ -134,12 +129,16 @@ def check_substrate(values: Mapping[str, object], prefix: str = "") -> None:
             v["dt"] is not None and not (v["dt"] > 0 and v["t_max"] / v["dt"] <= 10**5),
             f"must be > 0 with at most 1e5 steps up to `{prefix}t_max` ({v['t_max']}), or None (exact)",
         ),
-        "seed": (not isinstance(v["seed"], numbers.Integral) or isinstance(v["seed"], bool), "must be a whole number"),
+        "seed": (not _whole(v["seed"]), "must be a whole number"),
         "tau_us": (not 0 < v["tau_us"] < math.inf, "must be > 0 and finite"),
     }
     for key, (bad, why) in problems.items():
         if bad:
             raise ValueError(f"`{prefix}{key}` {why}; got {v[key]}.")
+
+
+def _whole(x: object) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 # Assumed, order-of-magnitude values for a calibrated BrainScaleS-2 chip (not measurements):

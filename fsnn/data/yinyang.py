@@ -15,6 +15,7 @@ import numpy as np
 __all__ = ["Split", "yinyang", "yinyang_splits", "load_published_yinyang", "which_class"]
 
 PUBLISHED = {"train": (5000, 42), "validation": (1000, 41), "test": (1000, 40)}
+SPLIT_SIZES = {name: size for name, (size, _) in PUBLISHED.items()}
 
 
 class Split(NamedTuple):
@@ -63,8 +64,8 @@ def yinyang_splits(sizes: dict[str, int] | None = None) -> dict[str, Split]:
     if unknown:
         raise ValueError(f"`sizes` names unknown splits {sorted(unknown)}; the splits are {list(PUBLISHED)}.")
     for name, n in (sizes or {}).items():
-        if not (isinstance(n, numbers.Integral) and 0 <= n <= PUBLISHED[name][0]):  # (was cut to fit)
-            raise ValueError(f"`sizes[{name!r}]` must be a whole number in 0..{PUBLISHED[name][0]}; got {n!r}.")
+        if not (isinstance(n, numbers.Integral) and 0 <= n <= SPLIT_SIZES[name]):  # (was cut to fit)
+            raise ValueError(f"`sizes[{name!r}]` must be a whole number in 0..{SPLIT_SIZES[name]}; got {n!r}.")
     return {name: yinyang((sizes or {}).get(name, size), seed) for name, (size, seed) in PUBLISHED.items()}
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from fsnn.core.neuron import LIFParams
 from fsnn.data.images import SPLIT_SIZES as IMAGE_SPLIT_SIZES
-from fsnn.data.yinyang import PUBLISHED as YINYANG_SPLITS
+from fsnn.data.yinyang import SPLIT_SIZES as YINYANG_SPLIT_SIZES
 from fsnn.substrate import Substrate, check_substrate
 
 MAX_SEED = 2**31 - 1  # JAX keys are made from 32-bit seeds (seed and substrate_seed >= -2**31 too)
@@ -212,8 +212,7 @@ class Config:
         for key in ("train_size", "eval_size", "checkpoint_every", "devices"):
             if getattr(self, key) < 0:
                 bad(key, f"must be >= 0; got {getattr(self, key)}.")
-        sizes = {name: size for name, (size, _) in YINYANG_SPLITS.items()}
-        sizes = sizes if self.dataset == "yinyang" else IMAGE_SPLIT_SIZES
+        sizes = YINYANG_SPLIT_SIZES if self.dataset == "yinyang" else IMAGE_SPLIT_SIZES
         for key, most, splits in (
             ("train_size", sizes["train"], "train split"),
             ("eval_size", min(sizes["validation"], sizes["test"]), "validation and test splits"),
