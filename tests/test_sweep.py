@@ -225,6 +225,19 @@ def test_a_grid_value_alone_is_one_value():
     assert [c.xi for c in expand_grid(BASE, 1, {"xi": np.float64(0.3)})] == [0.3]
 
 
+@pytest.mark.parametrize(
+    ("grid", "said"),
+    [
+        ({"xi": ["0.2", 0.4, 0.2]}, "--set xi lists 0.2 more than once"),  # (its runs trained and were counted twice)
+        ({"hidden": [(10,), [10]]}, r"--set hidden lists \(10,\) more than once"),
+        ({"max_dw_norm": [None, 1.0, None]}, "--set max_dw_norm lists None more than once"),
+    ],
+)
+def test_a_value_listed_twice_is_refused(grid, said):
+    with pytest.raises(ConfigError, match=said):
+        expand_grid(BASE, 2, grid)
+
+
 def test_the_table_names_settings_as_set_takes_them():
     rows = [
         {"config": {"hidden": [20], "init": [[1.5, 0.8], [0.5, 0.8]], "loss": "mse", "seed": s}, "test_accuracy": 0.5}

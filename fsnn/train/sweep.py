@@ -79,6 +79,11 @@ def expand_grid(base: Config, seeds: int, grid: dict[str, Sequence[Any]]) -> lis
             f"--seeds {seeds} from seed {base.seed} reaches seed {base.seed + seeds - 1}, past the largest, "
             f"2**31 - 1; start at --seed {MAX_SEED + 1 - seeds} or lower."
         )
+    for key, values in grid.items():  # (a value listed twice trained its runs twice, counted twice)
+        parsed = [getattr(apply_overrides(base, {key: value}), key) for value in grid_values(values)]
+        again = [v for i, v in enumerate(parsed) if v in parsed[:i]]
+        if again:
+            raise ConfigError(f"--set {key} lists {again[0]} more than once; list each value once.")
     configs = []
     for combo in itertools.product(*map(grid_values, grid.values())):
         setting = apply_overrides(base, dict(zip(grid, combo)))
