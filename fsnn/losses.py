@@ -47,6 +47,10 @@ def ttfs_cross_entropy(
 ) -> Float[Array, ""]:
     """Cross-entropy of ``softmax(-T / xi)`` plus ``alpha exp(T_label / beta)``."""
     times, label = _checked(times, label)
+    for name, value, zero_ok in (("xi", xi, False), ("beta", beta, False), ("alpha", alpha, True)):
+        if not isinstance(value, jax.core.Tracer) and not (0 <= np.min(value) if zero_ok else 0 < np.min(value)):
+            # (xi = 0 gave nan; a negative xi or alpha rewarded a late label spike)
+            raise ValueError(f"`{name}` must be {'>= 0' if zero_ok else '> 0'}; got {value}.")
     t_label = times[label]
     ok = jnp.isfinite(t_label)
     # Silent outputs get logit -inf (probability 0) without ever computing inf / xi, whose

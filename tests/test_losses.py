@@ -79,3 +79,22 @@ def test_a_label_of_no_output_or_a_batch_is_one_clear_error():
         assert batched.shape == (2,)
     with pytest.raises(ValueError, match="`times` must be one sample's"):
         first_spike_decision(jnp.stack([times, times]))
+
+
+def test_loss_parameters_out_of_range_are_one_clear_error():
+    """xi = 0 gave nan, a negative xi or alpha a loss that rewards a late label spike."""
+    import pytest
+
+    times = jnp.array([1.0, 0.5, jnp.inf])
+    for kwargs, message in (
+        ({"xi": 0.0}, r"^`xi` must be > 0; got 0\.0\.$"),
+        ({"xi": -0.2}, r"^`xi` must be > 0; got -0\.2\.$"),
+        ({"beta": 0.0}, r"^`beta` must be > 0"),
+        ({"alpha": -0.005}, r"^`alpha` must be >= 0; got -0\.005\.$"),
+        ({"xi": jnp.array(jnp.nan)}, r"^`xi` must be > 0; got nan\.$"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            ttfs_cross_entropy(times, 0, **kwargs)
+    assert np.isfinite(ttfs_cross_entropy(times, 0, alpha=0.0))
+    traced = jax.jit(lambda xi: ttfs_cross_entropy(times, 0, xi=xi))(0.2)  # a traced xi (hypergradients) passes
+    assert np.isfinite(traced)
