@@ -48,8 +48,10 @@ def ttfs_cross_entropy(
     """Cross-entropy of ``softmax(-T / xi)`` plus ``alpha exp(T_label / beta)``."""
     times, label = _checked(times, label)
     for name, value, zero_ok in (("xi", xi, False), ("beta", beta, False), ("alpha", alpha, True)):
-        if not isinstance(value, jax.core.Tracer) and not (0 <= np.min(value) if zero_ok else 0 < np.min(value)):
-            # (xi = 0 gave nan; a negative xi or alpha rewarded a late label spike)
+        if isinstance(value, jax.core.Tracer):  # (hypergradients)
+            continue
+        lowest = np.min(np.asarray(value))  # (np.min of a jax.Array would trace under a caller's jit)
+        if not (lowest >= 0 if zero_ok else lowest > 0):  # xi = 0 gave nan, < 0 rewarded late label spikes
             raise ValueError(f"`{name}` must be {'>= 0' if zero_ok else '> 0'}; got {value}.")
     t_label = times[label]
     ok = jnp.isfinite(t_label)

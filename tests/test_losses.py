@@ -98,3 +98,10 @@ def test_loss_parameters_out_of_range_are_one_clear_error():
     assert np.isfinite(ttfs_cross_entropy(times, 0, alpha=0.0))
     traced = jax.jit(lambda xi: ttfs_cross_entropy(times, 0, xi=xi))(0.2)  # a traced xi (hypergradients) passes
     assert np.isfinite(traced)
+    for xi in (0.2, 0.0):  # a concrete array inside a caller's jit (the trainer's own hp) is checked too
+        closed = jax.jit(lambda t, xi=jnp.asarray(xi): ttfs_cross_entropy(t, 0, xi=xi))
+        if xi:
+            assert np.isfinite(closed(times))
+        else:
+            with pytest.raises(ValueError, match=r"^`xi` must be > 0; got 0\.0\."):
+                closed(times)
