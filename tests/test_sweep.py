@@ -228,14 +228,20 @@ def test_a_grid_value_alone_is_one_value():
 @pytest.mark.parametrize(
     ("grid", "said"),
     [
-        ({"xi": ["0.2", 0.4, 0.2]}, "--set xi lists 0.2 more than once"),  # (its runs trained and were counted twice)
-        ({"hidden": [(10,), [10]]}, r"--set hidden lists \(10,\) more than once"),
-        ({"max_dw_norm": [None, 1.0, None]}, "--set max_dw_norm lists None more than once"),
+        ({"xi": ["0.2", 0.4, 0.2]}, "--set lists the setting xi=0.2 twice"),  # (its runs trained, counted twice)
+        ({"hidden": [(10,), [10]]}, r"--set lists the setting hidden=\(10,\) twice"),
+        ({"max_dw_norm": [None, 1.0, None]}, "--set lists the setting max_dw_norm=None twice"),
+        ({"xi": [0.2, 0.2], "alpha": [0.1, 0.2]}, "--set lists the setting xi=0.2, alpha=0.1 twice"),
     ],
 )
 def test_a_value_listed_twice_is_refused(grid, said):
     with pytest.raises(ConfigError, match=said):
         expand_grid(BASE, 2, grid)
+
+
+def test_a_value_that_fits_only_beside_another_keys_is_swept():
+    per_layer = {"hidden": [(20, 20)], "init": [((1.5, 0.8),) * 3], "max_missing": [(0.3, 0.3, 0.0)]}
+    assert [c.hidden for c in expand_grid(BASE, 1, per_layer)] == [(20, 20)]
 
 
 def test_the_table_names_settings_as_set_takes_them():

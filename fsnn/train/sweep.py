@@ -79,14 +79,13 @@ def expand_grid(base: Config, seeds: int, grid: dict[str, Sequence[Any]]) -> lis
             f"--seeds {seeds} from seed {base.seed} reaches seed {base.seed + seeds - 1}, past the largest, "
             f"2**31 - 1; start at --seed {MAX_SEED + 1 - seeds} or lower."
         )
-    for key, values in grid.items():  # (a value listed twice trained its runs twice, counted twice)
-        parsed = [getattr(apply_overrides(base, {key: value}), key) for value in grid_values(values)]
-        again = [v for i, v in enumerate(parsed) if v in parsed[:i]]
-        if again:
-            raise ConfigError(f"--set {key} lists {again[0]} more than once; list each value once.")
-    configs = []
+    configs, settings = [], set()
     for combo in itertools.product(*map(grid_values, grid.values())):
         setting = apply_overrides(base, dict(zip(grid, combo)))
+        if setting in settings:  # (a value listed twice trained its runs twice and counted them twice)
+            named = ", ".join(f"{key}={getattr(setting, key)}" for key in grid)
+            raise ConfigError(f"--set lists the setting {named} twice; list each value once.")
+        settings.add(setting)
         configs.extend(dataclasses.replace(setting, seed=base.seed + s) for s in range(seeds))
     return configs
 
