@@ -179,6 +179,6 @@ def test_yinyang_maps_show_decisions_over_the_plane():
     fig = plot.yinyang_maps(times_fn, samples, np.arange(50) % 3, resolution=20)
     decision = fig.axes[1].images[0].get_array()
     assert decision.shape == (20, 20)
+    assert np.all(decision[:, :9] == 0) and np.all(decision[:, 11:] == 1)
     with pytest.raises(ValueError, match=r"`resolution` \(grid points per side\) must be >= 2; got 0"):
         plot.yinyang_maps(times_fn, samples, np.arange(50) % 3, resolution=0)  # (drew empty maps)
-    assert np.all(decision[:, :9] == 0) and np.all(decision[:, 11:] == 1)

@@ -67,7 +67,7 @@ def expand_grid(base: Config, seeds: int, grid: dict[str, Sequence[Any]]) -> lis
 
     Values are parsed and validated like ``--set`` values (`apply_overrides`), so a bad value
     fails here, before anything is compiled. A string or a number alone is one value (``{"loss":
-    "mse"}``, not the values "m", "s", "e").
+    "mse"}``, not the values "m", "s", "e"); a setting listed twice is refused.
     """
     checked_config(base, "base")
     if seeds < 1:
