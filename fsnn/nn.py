@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -64,8 +65,13 @@ class SpikingDense(nnx.Module):
             raise ValueError(f"`trainable` holds unknown fields {sorted(unknown)}; allowed: {NEURON_FIELDS}.")
         if in_features < 0 or out_features <= 0:
             raise ValueError(f"layer sizes must be positive; got in={in_features}, out={out_features}.")
-        if not init_std >= 0:
-            raise ValueError(f"`init_std` must be >= 0; got {init_std}.")
+        if not (math.isfinite(init_mean) and 0 <= init_std < math.inf):
+            raise ValueError(f"`init_mean` must be finite and `init_std` finite and >= 0; got {init_mean}, {init_std}.")
+        if {"tau_m", "tau_s"} & set(trainable) and solver in ("lambertw", "quadratic"):
+            raise ValueError(
+                f"`solver={solver!r}` holds only at one tau_m / tau_s ratio, which learned time constants leave; "
+                "use solver='root' or 'auto'."
+            )
         if any(b != b for b in map(float, bias_times)):
             raise ValueError(f"`bias_times` must be spike times (inf: silent), not nan; got {tuple(bias_times)}.")
         self.in_features, self.out_features = in_features, out_features

@@ -85,7 +85,27 @@ def test_errors():
         (lambda: net.batch(two, dropout=1.0, key=jax.random.key(0)), r"`dropout` .* must be in \[0, 1\); got 1.0"),
         (lambda: net.batch(two, dropout=-0.1, key=jax.random.key(0)), r"`dropout` .*; got -0.1"),
         (lambda: SpikingNetwork(4, (), init=(), rngs=nnx.Rngs(0)), "`sizes` must list at least one layer"),
-        (lambda: SpikingDense(4, 3, init_mean=1, init_std=-1, rngs=nnx.Rngs(0)), r"`init_std` must be >= 0; got -1"),
+        (lambda: SpikingDense(4, 3, init_mean=1, init_std=-1, rngs=nnx.Rngs(0)), r"`init_std` finite .*; got 1, -1"),
+        (lambda: SpikingDense(4, 3, init_mean=np.inf, init_std=1, rngs=nnx.Rngs(0)), r"`init_mean` must be finite"),
+        (
+            lambda: SpikingDense(4, 3, init_mean=np.nan, init_std=1, rngs=nnx.Rngs(0)),
+            r"`init_mean` must be .*; got nan",
+        ),
+        (
+            lambda: SpikingDense(4, 3, init_mean=1, init_std=np.inf, rngs=nnx.Rngs(0)),
+            r"`init_std` finite .*; got 1, inf",
+        ),
+        # (a closed form under learned time constants gave wrong times once they moved apart, without a word)
+        (
+            lambda: SpikingDense(4, 3, init_mean=1, init_std=1, trainable="tau_m", solver="lambertw", rngs=nnx.Rngs(0)),
+            r"`solver='lambertw'` holds only at one tau_m / tau_s ratio.*use solver='root'",
+        ),
+        (
+            lambda: SpikingDense(
+                4, 3, init_mean=1, init_std=1, trainable="tau_s", solver="quadratic", rngs=nnx.Rngs(0)
+            ),
+            r"`solver='quadratic'`",
+        ),
         (lambda: SpikingDense(4, 3, init_mean=1, init_std=1, bias_times=(np.nan,), rngs=nnx.Rngs(0)), "not nan"),
     ):
         with pytest.raises(ValueError, match=message):
