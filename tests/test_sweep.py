@@ -37,7 +37,9 @@ def test_each_swept_run_equals_training_it_alone():
     for i in (5, 10):  # both groups, both seeds, every value of each key
         state, test = _alone(configs[i])
         assert rows[i]["config"]["seed"] == configs[i].seed
-        np.testing.assert_allclose(rows[i]["test_accuracy"], float(test["accuracy"]), atol=1e-12)
+        assert (
+            rows[i]["test_accuracy"] == int(test["correct"]) / BASE.eval_size
+        )  # (exactly: 0.35, not 0.35000000000000003)
         for mine, theirs in zip(jax.tree.leaves(states[i].params), jax.tree.leaves(state.params)):
             np.testing.assert_allclose(mine, theirs, rtol=1e-9, atol=1e-12)
     accuracies = {round(r["test_accuracy"], 6) for r in rows}
@@ -143,15 +145,15 @@ def test_an_interrupted_sweep_keeps_its_epochs_and_resumes_exactly(tmp_path, mon
     straight_rows, straight = sweep(configs, quiet=True)
     logged = []
 
-    def interrupt_in_epoch_3(tree, real=sweep_module._to_python):
+    def interrupt_in_epoch_3(summary, n, real=sweep_module._epoch_row):
         logged.append(1)  # called once per epoch, for its metrics line
         if len(logged) == 3:
             busy.append(after_busy_device(np.zeros((), np.float32)))
             raise KeyboardInterrupt
-        return real(tree)
+        return real(summary, n)
 
     busy = []
-    monkeypatch.setattr(sweep_module, "_to_python", interrupt_in_epoch_3)
+    monkeypatch.setattr(sweep_module, "_epoch_row", interrupt_in_epoch_3)
     with pytest.raises(checkpoint.Interrupted, match="^epochs 1-2 are checkpointed: the same command with --resume"):
         sweep(configs, tmp_path, quiet=True)
     assert not busy[0].is_ready(), "saving the interrupted sweep waited for a computation"
@@ -205,6 +207,10 @@ def test_sweep_writes_report_and_table(tmp_path, capsys):
     assert len(report["summary"]) == 2 and all(s["seeds"] == 2 for s in report["summary"])
     lines = (tmp_path / "sw" / "metrics.jsonl").read_text().splitlines()
     assert len(json.loads(lines[0])["val_accuracy"]) == 4
+    # the float32 runs' accuracies are exact fractions of the split sizes (0.3, not 0.29999998211860657)
+    reported = [(a, 300) for a in json.loads(lines[0])["train_accuracy"]]
+    reported += [(r[k], 100) for r in report["runs"] for k in ("test_accuracy", "final_test_accuracy", "val_accuracy")]
+    assert all(accuracy == round(accuracy * size) / size for accuracy, size in reported), reported
     out = capsys.readouterr().out
     assert "xi=0.4" in out and "4 runs" in out
     assert main(argv) == 2 and "--resume" in capsys.readouterr().err  # never overwritten

@@ -52,6 +52,14 @@ def test_smoke_training_beats_chance(tmp_path):
     ):
         assert key in saved
     assert saved["best_val_accuracy"] == max(r["val_accuracy"] for r in rows)
+    # accuracies are the exact fractions of the split sizes: 0.959, not float32's 0.95899999 (nor a
+    # compiled division's 0.9590000000000001)
+    n = {split: len(labels) for split, (_, labels) in load_data(config).items()}
+    again = evaluate_run(tmp_path / "run")
+    reported = [(r["train_accuracy"], n["train"]) for r in rows] + [(r["val_accuracy"], n["validation"]) for r in rows]
+    reported += [(saved[k], n["test"]) for k in ("test_accuracy", "final_test_accuracy")]
+    reported += [(again["validation_accuracy"], n["validation"]), (again["test_accuracy"], n["test"])]
+    assert all(accuracy == round(accuracy * size) / size for accuracy, size in reported), reported
 
 
 def test_progress_in_a_log_file_is_a_line_now_and_then(tmp_path, capsys):

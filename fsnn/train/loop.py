@@ -22,6 +22,7 @@ import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.typing import ArrayLike
 
 from fsnn import locks, xla
 from fsnn.core import spike_time
@@ -522,6 +523,7 @@ class Trainer:
         summary = {
             "train_loss": totals["loss"] / n,
             "train_accuracy": totals["correct"] / n,
+            "train_correct": totals["correct"],  # (reports take the exact fraction of the count: `_fraction`)
             "train_silent_fraction": totals["silent"] / (n * sizes),
             "bumps": totals["bumps"],
             "dropped_columns": totals["dropped"],
@@ -557,6 +559,7 @@ class Trainer:
         return {
             "loss": jnp.sum(jnp.where(valid, losses, 0.0)) / n,
             "accuracy": jnp.sum(correct & valid) / n,
+            "correct": jnp.sum(correct & valid),  # (reports take the exact fraction of the count: `_fraction`)
             "silent_fraction": jnp.stack([jnp.mean(~jnp.isfinite(t)) for t in times]),
             **activity(x, times, len(cfg.bias_times)),
             "times": times,  # every layer's spike times [n, n_layer] (for figures; stays on device)
@@ -625,6 +628,19 @@ def wait_for(tree):
 
 def _to_python(tree) -> Any:
     return jax.tree.map(lambda a: np.asarray(a).tolist(), tree)
+
+
+def _fraction(correct: ArrayLike, n: int) -> Any:
+    """Counts of correct answers (device integers, any shape) as Python floats ``correct / n``: exactly
+    0.959, where the compiled float32 division gives 0.95899999 (or, in float64, 0.9590000000000001)."""
+    return (np.asarray(correct, np.int64) / n).tolist()
+
+
+def _epoch_row(summary: dict, n: int) -> dict[str, Any]:
+    """An epoch's (`Trainer.train_epoch`) summary as Python values, with the exact training accuracy."""
+    row = _to_python(summary)
+    row["train_accuracy"] = _fraction(row.pop("train_correct"), n)
+    return row
 
 
 def train_and_evaluate(
@@ -730,8 +746,8 @@ def _train_and_evaluate(
             e0 = time.perf_counter()
             state, summary = trainer.train_epoch(state, x_train, y_train)
             val = wait_for(trainer.evaluate(state.params, x_val, y_val))
-            row = {"epoch": epoch + 1, **_to_python(summary)}
-            row.update(val_loss=float(val["loss"]), val_accuracy=float(val["accuracy"]))
+            row = {"epoch": epoch + 1, **_epoch_row(summary, x_train.shape[0])}
+            row.update(val_loss=float(val["loss"]), val_accuracy=_fraction(val["correct"], x_val.shape[0]))
             row["val_silent_fraction"] = _to_python(val["silent_fraction"])
             row["seconds"] = time.perf_counter() - e0
             if row["val_accuracy"] > best_val and config.select_best:
@@ -766,17 +782,18 @@ def _train_and_evaluate(
     if val is None:  # nothing trained in this call (resumed at the last epoch)
         val = trainer.evaluate(state.params, x_val, y_val)
     epochs_run = config.epochs - start_epoch
-    chosen = {"final_test_accuracy": float(test["accuracy"])}
+    n_test = data["test"][0].shape[0]
+    chosen = {"final_test_accuracy": _fraction(test["correct"], n_test)}
     reported = state  # the weights whose test results (and figures) are reported
     if config.select_best and (workdir / "best").exists():
         reported = trainer.place(checkpoint.restore_latest(workdir / "best", state))
         test = trainer.evaluate(reported.params, *data["test"])
         chosen["best_epoch"] = int(reported.epoch)
     results = {
-        "test_accuracy": float(test["accuracy"]),
+        "test_accuracy": _fraction(test["correct"], n_test),
         **chosen,
         "test_loss": float(test["loss"]),
-        "val_accuracy": float(val["accuracy"]),
+        "val_accuracy": _fraction(val["correct"], x_val.shape[0]),
         "best_val_accuracy": best_val,
         "epochs": config.epochs,
         "train_seconds": train_seconds,
@@ -788,7 +805,10 @@ def _train_and_evaluate(
     }
     if not config.substrate.is_ideal:  # the same weights on the other side too
         on_chip, ideal = trainer.both_sides(reported.params, *data["test"], test)
-        results.update(substrate_test_accuracy=float(on_chip["accuracy"]), ideal_test_accuracy=float(ideal["accuracy"]))
+        results.update(
+            substrate_test_accuracy=_fraction(on_chip["correct"], n_test),
+            ideal_test_accuracy=_fraction(ideal["correct"], n_test),
+        )
         results.update(
             {f"substrate_test_{k}": v for k, v in activity_summary(on_chip, config.substrate_tau_us).items()}
         )
@@ -890,11 +910,11 @@ def evaluate_run(
     data = load_data(config, data_dir)
     out = {"epoch": int(state.epoch)}
     for split in ("validation", "test"):
-        res = trainer.evaluate(state.params, *data[split])
-        out[f"{split}_accuracy"] = float(res["accuracy"])
+        res, n = trainer.evaluate(state.params, *data[split]), data[split][0].shape[0]
+        out[f"{split}_accuracy"] = _fraction(res["correct"], n)
         out[f"{split}_loss"] = float(res["loss"])
         if not config.substrate.is_ideal:
             on_chip, ideal = trainer.both_sides(state.params, *data[split], res)
-            out[f"substrate_{split}_accuracy"] = float(on_chip["accuracy"])
-            out[f"ideal_{split}_accuracy"] = float(ideal["accuracy"])
+            out[f"substrate_{split}_accuracy"] = _fraction(on_chip["correct"], n)
+            out[f"ideal_{split}_accuracy"] = _fraction(ideal["correct"], n)
     return out

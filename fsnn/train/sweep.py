@@ -46,6 +46,8 @@ from fsnn.train.loop import (
     Trainer,
     TrainState,
     _enable_dtype,
+    _epoch_row,
+    _fraction,
     _progress,
     _to_python,
     claim_workdir,
@@ -261,7 +263,7 @@ def _train_group(
         for epoch in range(start, first.epochs):
             runs, summary = train_epoch(runs, x_train, y_train, hps)
             val = wait_for(evaluate(runs.params, x_val, y_val, hps))
-            val_accuracy = np.asarray(val["accuracy"], np.float64)[:n]
+            val_accuracy = np.asarray(_fraction(val["correct"], x_val.shape[0]))[:n]
             better = val_accuracy > best_val  # ties keep the earlier epoch, as in `train_and_evaluate`
             if better.any():
                 padded = np.pad(better, (0, len(val["accuracy"]) - n))  # padding runs (`_spread`): never kept
@@ -273,7 +275,13 @@ def _train_group(
             best_epoch = np.where(better, epoch + 1, best_epoch)
             best_val = np.maximum(best_val, val_accuracy)
             row = {**summary, "val_loss": val["loss"], "val_silent_fraction": val["silent_fraction"]}
-            log({"epoch": epoch + 1, **_to_python(_first(row, n)), "val_accuracy": val_accuracy.tolist()})
+            log(
+                {
+                    "epoch": epoch + 1,
+                    **_epoch_row(_first(row, n), x_train.shape[0]),
+                    "val_accuracy": val_accuracy.tolist(),
+                }
+            )
             logged = runs, best_params, best_val, best_epoch
             last = epoch + 1 == first.epochs
             if ckpt_dir is not None and (
@@ -304,15 +312,16 @@ def _train_group(
         evaluate_other = evaluators[not first.in_the_loop]
         other_final = evaluate_other(runs.params, *data["test"], hps)
         other_chosen = evaluate_other(best_params, *data["test"], hps) if any_best else other_final
+    n_test, n_val = data["test"][0].shape[0], x_val.shape[0]
     rows = []
     for i, config in enumerate(configs):
         use_best = config.select_best
         test = chosen if use_best else final
         row = {
-            "test_accuracy": float(test["accuracy"][i]),
-            "final_test_accuracy": float(final["accuracy"][i]),
+            "test_accuracy": _fraction(test["correct"][i], n_test),
+            "final_test_accuracy": _fraction(final["correct"][i], n_test),
             "test_loss": float(test["loss"][i]),
-            "val_accuracy": float(val["accuracy"][i]),
+            "val_accuracy": _fraction(val["correct"][i], n_val),
             "best_val_accuracy": float(best_val[i]),
             # a neuron spikes at most once: the spike count per neuron is the fraction that fired
             "spikes_per_neuron": [1.0 - s for s in _to_python(test["silent_fraction"][i])],
@@ -322,8 +331,8 @@ def _train_group(
         if other_final is not None:
             other = other_chosen if use_best else other_final
             on_chip, ideal = (test, other) if config.in_the_loop else (other, test)
-            row["substrate_test_accuracy"] = float(on_chip["accuracy"][i])
-            row["ideal_test_accuracy"] = float(ideal["accuracy"][i])
+            row["substrate_test_accuracy"] = _fraction(on_chip["correct"][i], n_test)
+            row["ideal_test_accuracy"] = _fraction(ideal["correct"][i], n_test)
         rows.append(row)
     return rows, _first(runs, n), seconds
 
