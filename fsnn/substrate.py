@@ -41,12 +41,13 @@ from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import DTypeLike
 from jaxtyping import Array, ArrayLike, Float
 
 from fsnn.core.batch_grad import batch_spike_times
 from fsnn.core.neuron import LIFParams
-from fsnn.core.spike_time import _checked, layer_spike_times, spike_times_at
+from fsnn.core.spike_time import _checked, _concrete, layer_spike_times, spike_times_at
 from fsnn.nn import SpikingNetwork
 
 __all__ = [
@@ -219,12 +220,19 @@ def euler_spike_times(
 
     An input at ``t_i`` enters the synaptic current at the first grid time ``k dt >= t_i``; a neuron
     spikes at the first grid time where ``V >= theta`` (``inf`` if none by ``t_max``). Converges to
-    `layer_spike_times` as ``dt -> 0`` (first order). ``O(n_in n_out + (t_max / dt) n_out)`` work,
-    ``O(n_out)`` state.
+    `layer_spike_times` as ``dt -> 0`` (first order); ``dt`` must be below ``tau_m`` and ``tau_s``.
+    ``O(n_in n_out + (t_max / dt) n_out)`` work, ``O(n_out)`` state.
     """
     if not (0 < dt < math.inf and 0 < t_max < math.inf):
         raise ValueError(f"`dt` and `t_max` must be > 0 and finite; got {dt}, {t_max}.")
     _, input_times, weights, p = _checked(input_times, weights, params, "root")
+    taus = [_concrete(t) for t in (p.tau_m, p.tau_s)]
+    shortest = None if any(t is None for t in taus) else min(float(np.min(t)) for t in taus)  # (traced: config)
+    if shortest is not None and not dt < shortest:
+        raise ValueError(
+            f"`dt` ({dt}) must be below the time constants (tau_m {taus[0].tolist()}, tau_s {taus[1].tolist()}): "
+            "with a step >= tau, forward Euler's decay factors 1 - dt / tau are <= 0: current and membrane oscillate."
+        )
     n_steps = math.ceil(t_max / dt)
     arrives = jnp.isfinite(input_times) & (input_times <= n_steps * dt)
     step_of = jnp.where(arrives, jnp.ceil(jnp.maximum(input_times, 0.0) / dt), n_steps + 1).astype(jnp.int32)

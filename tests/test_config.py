@@ -102,6 +102,10 @@ def test_python_values_of_the_wrong_type_are_named(values, match):
         ("adam_b2", "1", r"`adam_b2` is a decay rate in \[0, 1\)"),
         ("adam_b1", "-0.5", "`adam_b1` is a decay rate"),
         ("bump_value", "0", "`bump_value` must be > 0 with `weight_bumping`"),
+        # a run's default folder is runs/NAME-seedS: "" gave runs/-seed0, "../x" a folder outside runs/
+        ("name", "", r"`name` names the run's default folder .* must be one folder name; got ''"),
+        ("name", "'../x'", r"`name` .*; got '\.\./x'"),
+        ("name", "'runs/a'", "`name` names the run's default folder"),
         # more samples than a split holds trained on fewer without a word
         ("train_size", "5001", r"`train_size` must be at most 5000, the size of yinyang's train split \(0 = all\)"),
         ("eval_size", "1001", r"`eval_size` must be at most 1000, the size of yinyang's validation and test splits"),

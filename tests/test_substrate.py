@@ -122,6 +122,15 @@ def test_euler_integration_converges_to_the_exact_spike_times():
     for dt, t_max in ((0.0, 8.0), (-0.01, 8.0), (0.01, np.inf), (np.nan, 8.0)):  # (division by zero, or nonsense)
         with pytest.raises(ValueError, match="`dt` and `t_max` must be > 0 and finite"):
             sub.euler_spike_times(x, w, LIFParams(), dt, t_max)
+    # a step >= tau: decay factors <= 0, every neuron "fired" at 1.0 (dt 0.5 gave that too, but converges)
+    for dt, params in (
+        (1.0, LIFParams()),
+        (1.5, LIFParams()),
+        (0.6, LIFParams(tau_m=0.5)),
+        (0.5, LIFParams(tau_m=jnp.full(6, 2.0).at[2].set(0.4))),
+    ):
+        with pytest.raises(ValueError, match=r"`dt` \(.*\) must be below the time constants .* oscillate"):
+            sub.euler_spike_times(x, w, params, dt, 8.0)
     with pytest.raises(ValueError, match=r"`weights` must have shape \[n_in, n_out\]"):  # (an IndexError)
         sub.euler_spike_times(x, w[:3], LIFParams(), 0.01, 8.0)
     with pytest.raises(TypeError, match="`params` must be an fsnn.LIFParams"):
@@ -200,6 +209,7 @@ def test_activity_counts_spikes_and_synaptic_events():
         ("substrate_jitter", -0.1, ">= 0"),
         ("substrate_dead_fraction", 1.0, "[0, 1)"),
         ("substrate_dt", 1e-6, "at most 1e5 steps"),
+        ("substrate_dt", 1.0, "(the Euler step) must be below `tau_m` and `tau_s` (1.0, 1.0;"),
         ("substrate_tau_us", 0.0, "> 0"),
         ("in_the_loop_min_slope", -0.1, "> 0"),
     ],

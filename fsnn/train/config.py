@@ -206,6 +206,11 @@ class Config:
         ):
             if getattr(self, key) not in allowed:
                 bad(key, f"must be one of {allowed}; got {getattr(self, key)!r}.")
+        if not self.name or self.name in (".", "..") or any(c in self.name for c in "/\\\0"):  # (runs/NAME-seedS)
+            bad(
+                "name",
+                f"names the run's default folder (runs/NAME-seedS) and must be one folder name; got {self.name!r}.",
+            )
         for key in ("batch_size", "eval_batch_size", "epochs", "lr_step"):
             if getattr(self, key) < 1:
                 bad(key, f"must be a positive integer; got {getattr(self, key)}.")
@@ -289,6 +294,12 @@ class Config:
             check_substrate(substrate, prefix="substrate_")
         except ValueError as err:
             raise ConfigError(f"config key {err}") from None
+        if self.substrate_dt is not None and not self.substrate_dt < min(self.tau_m, self.tau_s):
+            bad(
+                "substrate_dt",
+                f"(the Euler step) must be below `tau_m` and `tau_s` ({self.tau_m}, {self.tau_s}; a step >= tau makes "
+                f"the decay factors 1 - dt / tau <= 0: the membrane oscillates); got {self.substrate_dt}.",
+            )
         if self.in_the_loop_min_slope is not None and not self.in_the_loop_min_slope > 0:
             bad("in_the_loop_min_slope", f"must be > 0 or None (sqrt(eps)); got {self.in_the_loop_min_slope}.")
         unknown = set(self.trainable_neuron) - set(LIFParams._fields)
