@@ -136,7 +136,16 @@ def test_values_outside_the_model_are_rejected_before_anything_compiles(setup, m
         ({"threshold": 0.0}, r"`threshold` must exceed `e_leak` \(\[0.0, 0.0\]\); got \[0.0, 0.0\]"),
         ({"threshold": [1.0, 2.0], "e_leak": 1.5}, "`threshold` must exceed `e_leak`"),
         ({"tau_s": 0.0}, "`tau_s` must be > 0"),
-        ({"learning_rate": float("nan")}, "`learning_rate` must be > 0"),
+        ({"learning_rate": float("nan")}, "`learning_rate` must be finite"),
+        # (each trained without a word: a seed or step cut to a whole number, a nan loss, no clipping)
+        ({"learning_rate": float("inf")}, r"`learning_rate` must be finite; got inf"),
+        ({"silent_loss": float("nan")}, "`silent_loss` must be finite"),
+        ({"seed": 1.5}, r"`seed` must be a whole number; got 1.5"),
+        ({"seed": 2**31}, r"`seed` must be a 32-bit integer"),
+        ({"lr_step": 2.5}, "`lr_step` must be a whole number"),
+        ({"lr_step": 0}, r"`lr_step` must be >= 1; got 0"),
+        ({"max_missing": [0.3, 1.5]}, r"`max_missing` fractions must lie in \[0, 1\]"),
+        ({"max_dw_norm": -1.0}, "`max_dw_norm` must be >= 0"),
         ({"input_noise": -0.1}, "`input_noise` must be >= 0"),
         ({"init": [[0.5, 0.1], [0.5, -0.1]]}, "`init` needs"),
     ):
@@ -150,6 +159,17 @@ def test_values_outside_the_model_are_rejected_before_anything_compiles(setup, m
     start = {**trainer.hp, "learning_rate": -trainer.hp["learning_rate"]}  # edited by hand, unchecked
     with pytest.raises(ConfigError, match="tune: the starting values left the model: .*`learning_rate`"):
         tune(trainer, ["learning_rate", "bump_value"], train, val, steps=STEPS, iterations=1, hp=start)
+
+
+def test_a_grid_points_seed_is_its_runs_seed(setup):
+    """(It ordered the data only: the initial kernels stayed those of the trainer's seed.)"""
+    trainer, train, val = setup
+    rows = grid_search(trainer, {"seed": [0, 3]}, train, val, steps=STEPS)
+    for row in rows:
+        alone = Trainer(dataclasses.replace(CONFIG, seed=row["seed"]))
+        single = jax.jit(lambda hp, alone=alone: unrolled_validation_loss(alone, hp, train, val, steps=STEPS))
+        assert row["loss"] == pytest.approx(float(single(alone.hp)), rel=1e-9)
+    assert rows[0]["loss"] != rows[1]["loss"]
 
 
 def test_one_name_may_be_a_string_and_names_count_once(setup):

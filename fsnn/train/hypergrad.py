@@ -16,6 +16,7 @@ per layer).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
@@ -27,8 +28,8 @@ import numpy as np
 import optax
 
 from fsnn import xla
-from fsnn.train.config import ConfigError, grid_values
-from fsnn.train.loop import NEURON_KEYS, Trainer, resolved_solver
+from fsnn.train.config import MAX_SEED, ConfigError, grid_values
+from fsnn.train.loop import NEURON_KEYS, Trainer, resolved_solver, standard_normal_kernels
 
 __all__ = [
     "DIFFERENTIABLE",
@@ -48,7 +49,8 @@ DIFFERENTIABLE = (
 _LOSS_KEYS = ("xi", "alpha", "beta", "silent_loss", "mse_targets")
 # what `Config.validate` asks of these values, checked again where values are given here directly
 _POSITIVE = ("learning_rate", "xi", "beta", "lr_gamma", "bump_value", "tau_m", "tau_s", "g_leak")
-_NON_NEGATIVE = ("neuron_lr_scale", "input_noise", "alpha")
+_NON_NEGATIVE = ("neuron_lr_scale", "input_noise", "alpha", "max_dw_norm")  # (max_dw_norm 0: no drop)
+_WHOLE = ("seed", "lr_step")  # int32 entries: a fraction would be cut without a word
 
 
 def get_hyper(hp: dict, name: str) -> jax.Array:
@@ -59,8 +61,10 @@ def get_hyper(hp: dict, name: str) -> jax.Array:
 def check_values(hp: dict, values: dict[str, Any]) -> None:
     """Raise `ConfigError` if a concrete value in ``values`` lies outside the model.
 
-    The rules of `Config.validate`: time constants, ``g_leak``, learning rate, ξ, β, bump size > 0;
-    α, input noise, ``neuron_lr_scale``, initial-weight std >= 0; threshold above ``e_leak`` (the
+    The rules of `Config.validate`: every value finite; time constants, ``g_leak``, learning rate,
+    its decay ``lr_gamma``, ξ, β, bump size > 0; α, input noise, ``neuron_lr_scale``,
+    initial-weight std, ``max_dw_norm`` (0: off) >= 0; ``max_missing`` fractions in [0, 1];
+    ``seed`` a 32-bit and ``lr_step`` a positive whole number; threshold above ``e_leak`` (the
     other taken from ``hp`` if not in ``values``). Values are shaped as `with_hyper` takes them.
     Traced values pass unchecked (inside a compiled program nothing can be raised).
     """
@@ -75,6 +79,16 @@ def check_values(hp: dict, values: dict[str, Any]) -> None:
     for name, value in given.items():
         if value is None:
             continue
+        if not np.all(np.isfinite(value)):
+            bad(name, "must be finite", value)
+        if name in _WHOLE and not np.all(value == np.round(value)):
+            bad(name, "must be a whole number", value)
+        if name == "seed" and not np.all((-MAX_SEED - 1 <= value) & (value <= MAX_SEED)):
+            bad(name, "must be a 32-bit integer, -2**31 .. 2**31 - 1", value)
+        if name == "lr_step" and not np.all(value >= 1):
+            bad(name, "must be >= 1", value)
+        if name == "max_missing" and not np.all((value >= 0) & (value <= 1)):
+            bad(name, "fractions must lie in [0, 1]", value)
         if name in _POSITIVE and not np.all(value > 0):
             bad(name, "must be > 0", value)
         if name in _NON_NEGATIVE and not np.all(value >= 0):
@@ -114,11 +128,14 @@ def unrolled_validation_loss(
     steps: int,
     window: int | None = None,
     remat: bool = True,
+    normals: list[jax.Array] | None = None,
 ) -> jax.Array:
     """Validation loss after ``steps`` training steps from the initial state defined by ``hp``.
 
     The validation loss is the config's (``trainer.hp``'s loss parameters), so that tuning e.g.
-    ``xi`` changes training only, not the yardstick.
+    ``xi`` changes training only, not the yardstick. The initial kernels are ``hp["init"]``'s mean
+    and std times ``normals`` (`Trainer.init_state`; default: the draws of the trainer's config
+    seed), while ``hp["seed"]`` orders the data and draws the noise.
 
     ``window`` (default: all steps) is how many of the last steps the gradient flows through; the
     steps before it are run under `jax.lax.stop_gradient` (truncated hypergradient).
@@ -136,7 +153,7 @@ def unrolled_validation_loss(
     epochs = jnp.arange(math.ceil(steps / per_epoch))
     plans = jax.vmap(lambda e: trainer._batch_plan(jax.random.fold_in(key, e), n))(epochs)
     idx, valid, keys = (a.reshape(-1, *a.shape[2:])[:steps] for a in plans)
-    state = trainer._with_learning_rate(trainer.init_state(hp), hp["learning_rate"])
+    state = trainer._with_learning_rate(trainer.init_state(hp, normals), hp["learning_rate"])
 
     def step(st, batch):
         i, v, k = batch
@@ -288,7 +305,8 @@ def grid_search(
 
     ``grid`` maps names to lists (or arrays) of values; a single number holds that name at one value.
     All points run in one compiled program (`jax.vmap` over the hyperparameters). One row per
-    point with the values and the loss.
+    point with the values and the loss. A point's ``seed`` is its run's seed: it draws the initial
+    kernels too (as `fsnn.train.sweep` does), not only the data order and noise.
     """
     _check_data(trainer, train, validation)
     hp = trainer.hp if hp is None else hp
@@ -304,11 +322,15 @@ def grid_search(
     for point in points:
         check_values(hp, dict(zip(names, point)))
     stacked = {n: jnp.stack([jnp.asarray(p[j], get_hyper(hp, n).dtype) for p in points]) for j, n in enumerate(names)}
+    seeds = np.asarray(stacked["seed"] if "seed" in stacked else np.broadcast_to(hp["seed"], len(points))).tolist()
+    draws = {s: standard_normal_kernels(dataclasses.replace(trainer.config, seed=s)) for s in set(seeds)}
+    normals = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[draws[s] for s in seeds])
 
-    def loss(values):
-        return unrolled_validation_loss(trainer, with_hyper(hp, values), train, validation, steps=steps)
+    def loss(values, normals):
+        hp_point = with_hyper(hp, values)
+        return unrolled_validation_loss(trainer, hp_point, train, validation, steps=steps, normals=normals)
 
-    losses = xla.jit(jax.vmap(loss))(stacked)
+    losses = xla.jit(jax.vmap(loss))(stacked, normals)
     return [
         {"point": i, "loss": float(losses[i]), **{n: jnp.asarray(stacked[n][i]).tolist() for n in names}}
         for i in range(len(points))
