@@ -113,9 +113,12 @@ def run_benchmarks(
     repeats: int = 5,
     inference_batch: int | None = None,
 ) -> dict[str, Any]:
-    """Benchmark every (network, dtype); returns ``{"device": ..., "rows": [...]}``."""
+    """Benchmark every (network, dtype), each once; returns ``{"device": ..., "rows": [...]}``."""
     from fsnn.train.config import DTYPES, ConfigError
 
+    networks, dtypes = (
+        [names] if isinstance(names, str) else list(dict.fromkeys(names)) for names in (networks, dtypes)
+    )
     unknown = set(networks) - set(NETWORKS)
     if unknown:
         raise ConfigError(f"--networks: unknown {sorted(unknown)}; known: {', '.join(NETWORKS)}.")
