@@ -64,10 +64,10 @@ def _train(args) -> int:
         sides = (
             f" (substrate {results['substrate_test_accuracy']:.4f}, ideal model {results['ideal_test_accuracy']:.4f})"
         )
+    epochs = f"{results['epochs']} epoch{'s' * (results['epochs'] != 1)}"
     print(
         f"{config.name}: test accuracy {results['test_accuracy']:.4f}{sides}, best validation "
-        f"{results['best_val_accuracy']:.4f}, {results['epochs']} epochs in {results['train_seconds']:.1f} s "
-        f"-> {workdir}"
+        f"{results['best_val_accuracy']:.4f}, {epochs} in {results['train_seconds']:.1f} s -> {workdir}"
     )
     return 0
 

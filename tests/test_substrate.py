@@ -17,7 +17,15 @@ from fsnn import substrate as sub
 from fsnn.nn import SpikingNetwork
 from fsnn.train import Config, ConfigError, apply_overrides, load_config
 from fsnn.train.config import EXPERIMENTS_DIR
-from fsnn.train.loop import Trainer, activity, evaluate_run, hyperparameters, load_data, train_and_evaluate
+from fsnn.train.loop import (
+    Trainer,
+    activity,
+    activity_summary,
+    evaluate_run,
+    hyperparameters,
+    load_data,
+    train_and_evaluate,
+)
 from fsnn.train.sweep import group_key, sweep
 
 F64 = jnp.float64
@@ -198,6 +206,11 @@ def test_activity_counts_spikes_and_synaptic_events():
     assert float(a["decision_time"]) == pytest.approx(2.5)  # the second image never decides
     assert float(a["decided_fraction"]) == 0.5  # (a decision time alone did not tell how many decided)
     np.testing.assert_allclose(a["spikes_per_neuron"], [0.5, 0.5])
+    summary = activity_summary(a, tau_us=6.0)
+    assert (summary["decision_time"], summary["decision_time_us"]) == pytest.approx((2.5, 15.0))
+    # no image decides: no decision time in the report (it said 0.0, an instant decision)
+    silent = activity_summary(activity(x, [hidden, jnp.full_like(out, jnp.inf)], n_bias=1), tau_us=6.0)
+    assert (silent["decision_time"], silent["decision_time_us"], silent["decided_fraction"]) == (None, None, 0.0)
 
 
 @pytest.mark.parametrize(

@@ -154,6 +154,12 @@ def test_same_seed_same_result_and_exact_resume(tmp_path):
         train_and_evaluate(dataclasses.replace(TINY, epochs=2), tmp_path / "b", resume=True, quiet=True)
     assert {f: f.read_bytes() for f in files} == files  # (it wrote epochs=2 into config.json and results.json)
     assert evaluate_run(tmp_path / "b")["test_accuracy"] == pytest.approx(resumed["test_accuracy"])
+    # the whole run's training time and speed (they counted the last call's epochs only)
+    seconds = sum(row["seconds"] for row in read_metrics(tmp_path / "b"))
+    assert resumed["train_seconds"] >= seconds
+    assert resumed["train_samples_per_second"] == pytest.approx(3 * 300 / resumed["train_seconds"])
+    again = train_and_evaluate(dataclasses.replace(TINY, epochs=3), tmp_path / "b", resume=True, quiet=True)
+    assert again["train_seconds"] == pytest.approx(seconds, rel=1e-3)  # nothing left to train (it said 8e-6 s)
 
 
 def test_an_interrupt_while_resume_rewrites_the_log_loses_no_row(tmp_path, monkeypatch):

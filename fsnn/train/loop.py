@@ -773,7 +773,8 @@ def _train_and_evaluate(
         if not epoch:
             saved = "no epoch had ended, nothing is checkpointed: the same command starts the run again."
         raise checkpoint.Interrupted(epoch, saved) from interrupt
-    train_seconds = time.perf_counter() - t0
+    # the whole run's: a resumed run adds the seconds of its earlier epochs (metrics.jsonl)
+    train_seconds = time.perf_counter() - t0 + sum(h.get("seconds", 0.0) for h in history)
     if progress is not None:
         progress.close()
     checkpoint.save(ckpt_dir, state)
@@ -781,7 +782,6 @@ def _train_and_evaluate(
     test = trainer.evaluate(state.params, *data["test"])
     if val is None:  # nothing trained in this call (resumed at the last epoch)
         val = trainer.evaluate(state.params, x_val, y_val)
-    epochs_run = config.epochs - start_epoch
     n_test = data["test"][0].shape[0]
     chosen = {"final_test_accuracy": _fraction(test["correct"], n_test)}
     reported = state  # the weights whose test results (and figures) are reported
@@ -797,7 +797,7 @@ def _train_and_evaluate(
         "best_val_accuracy": best_val,
         "epochs": config.epochs,
         "train_seconds": train_seconds,
-        "train_samples_per_second": epochs_run * x_train.shape[0] / train_seconds if epochs_run else 0.0,
+        "train_samples_per_second": config.epochs * x_train.shape[0] / train_seconds,
         "seed": config.seed,
         "test_silent_fraction": _to_python(test["silent_fraction"]),
         **{f"test_{k}": v for k, v in activity_summary(test, config.substrate_tau_us).items()},
@@ -824,11 +824,13 @@ def _train_and_evaluate(
 
 
 def activity_summary(evaluation: dict, tau_us: float) -> dict[str, Any]:
-    """The `activity` of an evaluation as JSON values, the decision time also in (emulated) µs."""
-    decision = float(evaluation["decision_time"])
+    """The `activity` of an evaluation as JSON values, the decision time also in (emulated) µs (both
+    ``None`` when no image has an output spike: `activity`'s stand-in 0 would read as instant)."""
+    decided = float(evaluation["decided_fraction"]) > 0
+    decision = float(evaluation["decision_time"]) if decided else None
     return {
         "decision_time": decision,
-        "decision_time_us": decision * tau_us,
+        "decision_time_us": decision * tau_us if decided else None,
         "decided_fraction": float(evaluation["decided_fraction"]),
         "spikes_per_neuron": _to_python(evaluation["spikes_per_neuron"]),
         "synaptic_events": float(evaluation["synaptic_events"]),
