@@ -81,6 +81,8 @@ def test_sweep_resumes_exactly_and_is_never_overwritten(tmp_path):
             )
     lines = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2, 3]
+    # the group's training time is over all calls (the last call, with nothing left to train, said ≈ 0 s)
+    assert rows[0]["group_train_seconds"] == pytest.approx(sum(line["seconds"] for line in lines), rel=1e-3)
     saved = json.loads((tmp_path / "b" / "configs.json").read_text())
     assert [Config.from_dict(c) for c in saved] == long
     assert _programs(long[0]).train_epoch._cache_size() == compiled  # resumed states reuse the program

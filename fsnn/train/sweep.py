@@ -261,6 +261,7 @@ def _train_group(
     logged = runs, best_params, best_val, best_epoch  # as of the last epoch in metrics.jsonl
     try:
         for epoch in range(start, first.epochs):
+            e0 = time.perf_counter()
             runs, summary = train_epoch(runs, x_train, y_train, hps)
             val = wait_for(evaluate(runs.params, x_val, y_val, hps))
             val_accuracy = np.asarray(_fraction(val["correct"], x_val.shape[0]))[:n]
@@ -280,6 +281,7 @@ def _train_group(
                     "epoch": epoch + 1,
                     **_epoch_row(_first(row, n), x_train.shape[0]),
                     "val_accuracy": val_accuracy.tolist(),
+                    "seconds": time.perf_counter() - e0,
                 }
             )
             logged = runs, best_params, best_val, best_epoch
@@ -384,8 +386,9 @@ def sweep(
     group, every run's metrics as lists), checkpoints per group under ``checkpoints/group-G`` (every
     ``checkpoint_every`` epochs and at the end) and ``sweep.json`` (base config, one row per run:
     the keys that differ from ``base`` or between runs, test / validation accuracy, spikes per
-    neuron, seconds of its group). ``resume=True`` continues an interrupted sweep of the same runs
-    (``epochs`` may grow) from its checkpoints and ends exactly as an uninterrupted one.
+    neuron, training seconds of its group over all calls). ``resume=True`` continues an interrupted
+    sweep of the same runs (``epochs`` may grow) from its checkpoints and ends exactly as an
+    uninterrupted one.
     ``devices`` (default 0: all visible) spreads each group's runs over that many devices. Returns the
     rows and every run's final `TrainState`, in the order of ``configs``.
     """
@@ -401,6 +404,10 @@ def sweep(
             _prepare_workdir(workdir, configs, resume)
         rows: list[dict[str, Any]] = [{} for _ in configs]
         states: list[Any] = [None] * len(configs)
+        earlier = {}  # seconds of the epochs that a resumed sweep trained before, per group
+        if workdir is not None:
+            for row in checkpoint.read_jsonl(workdir / "metrics.jsonl"):
+                earlier[row["group"]] = earlier.get(row["group"], 0.0) + row.get("seconds", 0.0)
         groups = _groups(configs)
         for g, indices in enumerate(groups):
 
@@ -420,7 +427,7 @@ def sweep(
                     "config": {**{k: getattr(configs[i], k) for k in keys}, "seed": configs[i].seed},
                     **group_rows[j],
                     "group_runs": len(indices),
-                    "group_train_seconds": seconds,
+                    "group_train_seconds": seconds + earlier.get(g, 0.0),
                 }
                 states[i] = _unstack(stacked, j)
         if workdir is not None:
@@ -494,8 +501,10 @@ def sweep_run_metrics(workdir: str | Path, run: int | None) -> list[dict[str, An
     rows = []
     for row in checkpoint.read_jsonl(workdir / "metrics.jsonl"):
         if row.get("group") == g:
-            per_run = {k: v[j] for k, v in row.items() if k not in ("group", "epoch")}
+            per_run = {k: v[j] for k, v in row.items() if k not in ("group", "epoch", "seconds")}  # (the group's)
             rows.append({"epoch": row["epoch"], "val_loss": math.nan, **per_run})  # older sweeps logged none
+            if "seconds" in row:
+                rows[-1]["seconds"] = row["seconds"]
     return rows
 
 
