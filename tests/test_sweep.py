@@ -88,6 +88,19 @@ def test_sweep_resumes_exactly_and_is_never_overwritten(tmp_path):
     assert _programs(long[0]).train_epoch._cache_size() == compiled  # resumed states reuse the program
 
 
+def test_a_float32_sweep_resumes_its_best_epochs_exactly(tmp_path):
+    """A tie with the best validation accuracy keeps the earlier epoch after a resume too (the saved
+    best accuracy was rounded to float32, below the exact fraction it is compared with)."""
+    base = Config(train_size=300, eval_size=200, hidden=(12,), batch_size=50, select_best=True, learning_rate=1e-5)
+    short = expand_grid(dataclasses.replace(base, epochs=1), 3, {})  # float32; barely learning: ties
+    long = [dataclasses.replace(c, epochs=3) for c in short]
+    straight, _ = sweep(long, tmp_path / "a", quiet=True)
+    sweep(short, tmp_path / "b", quiet=True)
+    resumed, _ = sweep(long, tmp_path / "b", quiet=True, resume=True)
+    assert [r["best_epoch"] for r in resumed] == [r["best_epoch"] for r in straight]
+    assert 1 in [r["best_epoch"] for r in straight]  # a tie to keep (at 1e-5 the weights barely move)
+
+
 def test_a_sweep_and_a_run_never_share_a_workdir(tmp_path):
     # each would overwrite the other's metrics.jsonl and mix checkpoints
     from fsnn.train.loop import train_and_evaluate

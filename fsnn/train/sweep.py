@@ -123,9 +123,10 @@ def _initial_runs(trainer: Trainer, configs: list[Config]) -> tuple[dict, TrainS
     return hps, jax.vmap(trainer.init_state)(hps, normals)
 
 
-def _snapshot(runs, best_params, best_val, best_epoch, *, n: int, config: Config) -> dict[str, Any]:
+def _snapshot(runs, best_params, best_val, best_epoch, *, n: int) -> dict[str, Any]:
     """What a group's checkpoint holds: the ``n`` real runs' states and best-validation weights."""
-    best = {"best_val": np.asarray(best_val, config.dtype), "best_epoch": np.asarray(best_epoch, np.int32)}
+    # (float64 whatever the run: the exact fractions of `_fraction`, compared again on resume)
+    best = {"best_val": np.asarray(best_val, np.float64), "best_epoch": np.asarray(best_epoch, np.int32)}
     return {"runs": _first(runs, n), "best_params": _first(best_params, n), **best}
 
 
@@ -245,7 +246,7 @@ def _train_group(
         data = jax.device_put(data, NamedSharding(mesh, PartitionSpec()))
     (x_train, y_train), (x_val, y_val) = data["train"], data["validation"]
     best_val, best_epoch, best_params = np.full(n, -1.0), np.zeros(n, np.int64), runs.params
-    snapshot = functools.partial(_snapshot, n=n, config=first)
+    snapshot = functools.partial(_snapshot, n=n)
 
     if ckpt_dir is not None and checkpoint.latest_epoch(ckpt_dir) is not None:
         saved = checkpoint.restore_latest(ckpt_dir, snapshot(runs, best_params, best_val, best_epoch))
@@ -484,7 +485,7 @@ def restore_sweep_run(
     trainer = Trainer(config)
     group = [configs[i] for i in indices]
     _, runs = _initial_runs(trainer, group)
-    like = _snapshot(runs, runs.params, np.zeros(len(group)), np.zeros(len(group)), n=len(group), config=config)
+    like = _snapshot(runs, runs.params, np.zeros(len(group)), np.zeros(len(group)), n=len(group))
     saved = checkpoint.restore_latest(workdir / "checkpoints" / f"group-{g}", like)
     j = indices.index(run)
     state = _unstack(saved["runs"], j)
