@@ -40,6 +40,7 @@ def bump_targets(
     max_missing: Sequence[float],
     *,
     output_criterion: str = "label",
+    alive: Sequence[Bool[Array, " n"]] | None = None,
 ) -> tuple[Int[Array, ""], list[Bool[Array, " n"]]]:
     """Which layer to bump (``-1``: none) and, per layer, the neurons silent for some sample.
 
@@ -47,6 +48,11 @@ def bump_targets(
     the output layer does so too with ``output_criterion="all"``, while with ``"label"`` (the
     reference's setting) it counts samples whose label neuron is silent. Either way the targets are
     all neurons of the layer that were silent for at least one (valid) sample.
+
+    ``alive`` (per layer; default all): the neurons that can fire at all. The others (dead neurons
+    of a chip, `fsnn.substrate.alive_neurons`) are left out of the fractions and the targets, as
+    no bump makes them fire (counted, they had every batch bumped and none trained once they
+    outnumbered ``max_missing``); with ``"label"``, so are the samples whose label neuron is dead.
     """
     if output_criterion not in ("label", "all"):  # (anything else counted as "all")
         raise ValueError(f"`output_criterion` must be 'label' or 'all'; got {output_criterion!r}.")
@@ -56,12 +62,15 @@ def bump_targets(
     chosen = jnp.asarray(-1, jnp.int32)
     targets = []
     for i, times in enumerate(layer_times):
-        silent = ~jnp.isfinite(times) & valid[:, None]
+        live = jnp.ones(times.shape[1], bool) if alive is None else alive[i]
+        silent = ~jnp.isfinite(times) & valid[:, None] & live[None, :]
         if i == len(layer_times) - 1 and output_criterion == "label":
-            label_silent = silent & jax.nn.one_hot(labels, times.shape[1], dtype=bool)
-            fraction = jnp.sum(jnp.any(label_silent, axis=1)) / n_valid
+            label = jax.nn.one_hot(labels, times.shape[1], dtype=bool)
+            label_silent = silent & label
+            n_live = jnp.maximum(jnp.sum(valid & jnp.any(label & live[None, :], axis=1)), 1)
+            fraction = jnp.sum(jnp.any(label_silent, axis=1)) / n_live
         else:
-            fraction = jnp.sum(silent) / (n_valid * times.shape[1])
+            fraction = jnp.sum(silent) / (n_valid * jnp.maximum(jnp.sum(live), 1))
         offends = fraction.astype(times.dtype) > max_missing[i]
         chosen = jnp.where((chosen < 0) & offends, i, chosen)
         targets.append(jnp.any(silent, axis=0))  # every neuron silent for some sample

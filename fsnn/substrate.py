@@ -56,6 +56,7 @@ __all__ = [
     "substrate_values",
     "draw_pattern",
     "chip_neurons",
+    "alive_neurons",
     "quantize_weights",
     "euler_spike_times",
     "jitter",
@@ -193,7 +194,17 @@ def chip_neurons(
         g_leak=params.g_leak * ones,
         e_leak=params.e_leak * ones,
     )
-    return chip, pattern["u"] >= jnp.asarray(dead_fraction, dtype)
+    return chip, _alive(pattern, dead_fraction)
+
+
+def _alive(pattern: Mapping[str, Array], dead_fraction: ArrayLike) -> Array:
+    return pattern["u"] >= jnp.asarray(dead_fraction, pattern["u"].dtype)
+
+
+def alive_neurons(values: Mapping[str, Array], sizes: Sequence[int], dtype: DTypeLike = jnp.float32) -> list[Array]:
+    """Per layer of ``sizes``, which neurons of the chip ``values["seed"]`` (`substrate_values`) live:
+    the others (``dead_fraction`` of them) never fire, whatever their weights."""
+    return [_alive(p, values["dead_fraction"]) for p in draw_pattern(jax.random.key(values["seed"]), sizes, dtype)]
 
 
 def quantize_weights(weights: Float[ArrayLike, "*s"], levels: ArrayLike, weight_max: ArrayLike) -> Float[Array, "*s"]:

@@ -33,6 +33,25 @@ def test_bump_targets_first_offending_layer():
         bump_targets([hidden, out], labels, valid, (0.5, 0.2), output_criterion="labels")  # (counted as "all")
 
 
+def test_dead_neurons_are_no_bumps_business():
+    """A chip's dead neurons never fire: counted, they had every batch bumped once they outnumbered
+    `max_missing` (and the bump doubled on and on), so nothing trained."""
+    hidden = jnp.array([[0.5, INF, 1.0, INF], [0.4, INF, 0.7, INF]])  # neurons 1 and 3 dead: 1/2 silent
+    out = jnp.array([[INF, 0.5], [INF, 0.3]])  # output 0 dead
+    valid = jnp.array([True, True])
+    alive = [jnp.array([True, False, True, False]), jnp.array([False, True])]
+    assert int(bump_targets([hidden, out], jnp.array([0, 1]), valid, (0.3, 0.0))[0]) == 0  # blind to the chip
+    layer, targets = bump_targets([hidden, out], jnp.array([0, 1]), valid, (0.3, 0.0), alive=alive)
+    assert int(layer) == -1  # the live neurons all fired; the sample labelled 0 (dead) cannot be helped
+    np.testing.assert_array_equal(targets[0], [False, False, False, False])
+    hidden = hidden.at[1, 2].set(INF)  # a live neuron silent for one sample: 1/4 of the live entries
+    layer, targets = bump_targets([hidden, out], jnp.array([0, 1]), valid, (0.2, 0.0), alive=alive)
+    assert int(layer) == 0
+    np.testing.assert_array_equal(targets[0], [False, False, True, False])  # the live one only
+    out = out.at[1, 1].set(INF)  # the live label neuron silent for its one sample
+    assert int(bump_targets([hidden, out], jnp.array([0, 1]), valid, (0.3, 0.0), alive=alive)[0]) == 1
+
+
 def test_apply_bump_doubles_on_consecutive_bumps():
     kernels = [jnp.zeros((3, 2)), jnp.zeros((3, 2))]
     targets = [jnp.array([True, False]), jnp.array([False, True])]

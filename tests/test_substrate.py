@@ -261,6 +261,23 @@ def test_in_the_loop_run_learns_and_reports_both_sides(tmp_path):
     assert again["ideal_test_accuracy"] == results["ideal_test_accuracy"]
 
 
+def test_in_the_loop_training_is_not_stopped_by_dead_neurons():
+    """40 % dead neurons (above `max_missing`: 30 % of the hidden layer): every batch was bumped and
+    none took an optimizer step; the chip's dead neurons are now no bump's business."""
+    config = dataclasses.replace(load_config("yinyang_substrate", smoke=True), substrate_dead_fraction=0.4, epochs=2)
+    alive = sub.alive_neurons(hyperparameters(config)["substrate"], config.sizes)
+    assert 1 - float(jnp.mean(alive[0])) > config.max_missing[0]
+    trainer, data = Trainer(config), load_data(config)
+    state = trainer.init_state()
+    batches = math.ceil(config.train_size / config.batch_size)
+    for _ in range(config.epochs):
+        before = state.params
+        state, summary = trainer.train_epoch(state, *data["train"])
+        assert int(summary["bumps"][0]) < batches  # some batches trained
+        moved = [jnp.any(a != b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.params))]
+        assert any(bool(m) for m in moved)
+
+
 def test_sweep_groups_by_chip_code_and_reports_both_sides():
     base = dataclasses.replace(
         load_config("yinyang_substrate", smoke=True), hidden=(10,), epochs=1, train_size=150, eval_size=100

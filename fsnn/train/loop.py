@@ -34,7 +34,7 @@ from fsnn.logs import shows_bars
 from fsnn.losses import is_correct, mse_spike_time, ttfs_cross_entropy
 from fsnn.nn import SpikingNetwork, batched
 from fsnn.remedies import BumpState, apply_bump, bump_targets, drop_large_weight_grads
-from fsnn.substrate import network_on_substrate, network_on_substrate_batch, substrate_values
+from fsnn.substrate import alive_neurons, network_on_substrate, network_on_substrate_batch, substrate_values
 from fsnn.train import checkpoint
 from fsnn.train.config import Config, ConfigError, checked_config, saved_configs
 
@@ -438,7 +438,9 @@ class Trainer:
         layer = jnp.asarray(-1, jnp.int32)
         if cfg.weight_bumping:
             max_missing = [hp["max_missing"][i] for i in range(self.n_layers)]
-            layer, targets = bump_targets(times, y, valid, max_missing, output_criterion=cfg.bump_output)
+            # in the loop, the chip's dead neurons (if any) are no bump's business
+            alive = alive_neurons(hp["substrate"], cfg.sizes, times[0].dtype) if cfg.in_the_loop else None
+            layer, targets = bump_targets(times, y, valid, max_missing, output_criterion=cfg.bump_output, alive=alive)
             kernels = [state.params["layers"][i]["kernel"] for i in range(self.n_layers)]
             bumped, bump = apply_bump(kernels, targets, layer, state.bump, hp["bump_value"])
             use_bump = layer >= 0  # a bumped batch takes no optimizer step: keep the old state
