@@ -276,6 +276,10 @@ def test_in_the_loop_training_is_not_stopped_by_dead_neurons():
         assert int(summary["bumps"][0]) < batches  # some batches trained
         moved = [jnp.any(a != b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.params))]
         assert any(bool(m) for m in moved)
+    on_chip = trainer.evaluate(state.params, *data["test"], on_substrate=True)
+    for times, live in zip(on_chip["times"], alive):  # the trainer's dead neurons are the chip's
+        fired = jnp.any(jnp.isfinite(times), axis=0)
+        assert not bool(jnp.any(fired & ~live)) and bool(jnp.any(fired))
 
 
 def test_sweep_groups_by_chip_code_and_reports_both_sides():

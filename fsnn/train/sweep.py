@@ -502,10 +502,9 @@ def sweep_run_metrics(workdir: str | Path, run: int | None) -> list[dict[str, An
     rows = []
     for row in checkpoint.read_jsonl(workdir / "metrics.jsonl"):
         if row.get("group") == g:
-            per_run = {k: v[j] for k, v in row.items() if k not in ("group", "epoch", "seconds")}  # (the group's)
-            rows.append({"epoch": row["epoch"], "val_loss": math.nan, **per_run})  # older sweeps logged none
-            if "seconds" in row:
-                rows[-1]["seconds"] = row["seconds"]
+            shared = {k: row[k] for k in ("epoch", "seconds") if k in row}  # the group's (older sweeps: no seconds)
+            per_run = {k: v[j] for k, v in row.items() if k not in ("group", *shared)}
+            rows.append({"val_loss": math.nan, **shared, **per_run})  # older sweeps logged no val_loss
     return rows
 
 
