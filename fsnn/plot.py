@@ -82,14 +82,20 @@ def silent_fractions(metrics: Sequence[dict]) -> Figure:
 
 
 def weight_histograms(kernels: Sequence[np.ndarray], bins: int = 50) -> Figure:
-    """One histogram of the weights (bias rows included) per layer."""
+    """One histogram of the weights (bias rows included) per layer; non-finite weights (a diverged
+    run) are counted in the title, not drawn."""
     shapes = [np.shape(k) for k in kernels]
     if not shapes or any(len(shape) != 2 for shape in shapes):
         raise ValueError(f"`kernels` must be a list of [n_in, n_out] weight arrays, one per layer; got {shapes}.")
     fig, axes = plt.subplots(1, len(kernels), figsize=(3.2 * len(kernels), 3), layout="constrained", squeeze=False)
     for i, (ax, kernel) in enumerate(zip(axes[0], kernels)):
-        ax.hist(np.ravel(kernel), bins=bins, histtype="stepfilled")
-        ax.set(title=f"layer {i + 1} ({np.shape(kernel)[0]}→{np.shape(kernel)[1]})", xlabel="weight")
+        weights = np.ravel(kernel)
+        finite = np.isfinite(weights)
+        ax.hist(weights[finite], bins=bins, histtype="stepfilled")
+        title = f"layer {i + 1} ({np.shape(kernel)[0]}→{np.shape(kernel)[1]})"
+        if not finite.all():
+            title += f"\n{np.sum(~finite)} non-finite not shown"
+        ax.set(title=title, xlabel="weight")
     axes[0, 0].set_ylabel("count")
     return fig
 

@@ -19,7 +19,12 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int
 
-__all__ = ["BumpState", "bump_targets", "apply_bump", "drop_large_weight_grads"]
+__all__ = ["BumpState", "bump_targets", "apply_bump", "drop_large_weight_grads", "MAX_DOUBLINGS"]
+
+# The bump stops doubling at 2**MAX_DOUBLINGS times its initial value (≈ 10**6). Normal training
+# never bumps one layer that often in a row; a layer that cannot fire at all (e.g. a chip whose
+# weight range cannot reach threshold) would otherwise have its weights doubled to inf.
+MAX_DOUBLINGS = 20
 
 
 class BumpState(NamedTuple):
@@ -84,8 +89,10 @@ def apply_bump(
     state: BumpState,
     initial_value: float,
 ) -> tuple[list[Array], BumpState]:
-    """Add the bump to the incoming weights of the target neurons of ``layer`` (no-op for -1)."""
-    value = jnp.where(layer == state.layer, 2.0 * state.value, initial_value).astype(state.value.dtype)
+    """Add the bump to the incoming weights of the target neurons of ``layer`` (no-op for -1); it
+    doubles while the same layer is bumped on consecutive calls, up to `MAX_DOUBLINGS` times."""
+    doubled = jnp.minimum(2.0 * state.value, initial_value * 2.0**MAX_DOUBLINGS)
+    value = jnp.where(layer == state.layer, doubled, initial_value).astype(state.value.dtype)
     out = []
     for i, (kernel, target) in enumerate(zip(kernels, targets)):
         add = jnp.where((layer == i) & target, value, 0.0).astype(kernel.dtype)

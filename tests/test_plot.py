@@ -85,6 +85,10 @@ def test_weight_histograms_count_every_weight(run_times):
     for ax, kernel in zip(fig.axes, kernels):
         counts = bin_counts(ax)
         assert len(counts) == 10 and counts.sum() == kernel.size
+    diverged = [np.asarray(kernels[0]).copy(), kernels[1]]
+    diverged[0][0, :2] = [np.inf, np.nan]  # (numpy: "supplied range of [inf, inf] is not finite")
+    ax = plot.weight_histograms(diverged, bins=10).axes[0]
+    assert bin_counts(ax).sum() == kernels[0].size - 2 and "2 non-finite not shown" in ax.get_title()
     for wrong in ([], kernels[0]):  # no layer; one kernel not in a list (its rows were taken for layers)
         with pytest.raises(ValueError, match=r"`kernels` must be a list of \[n_in, n_out\] weight arrays"):
             plot.weight_histograms(wrong)

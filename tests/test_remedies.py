@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fsnn.remedies import BumpState, apply_bump, bump_targets, drop_large_weight_grads
+from fsnn.remedies import MAX_DOUBLINGS, BumpState, apply_bump, bump_targets, drop_large_weight_grads
 
 INF = jnp.inf
 
@@ -63,8 +63,12 @@ def test_apply_bump_doubles_on_consecutive_bumps():
     np.testing.assert_allclose(k2[1][:, 1], 5e-4 + 1e-3, rtol=1e-6)
     k3, state = apply_bump(k2, targets, jnp.asarray(-1), state, 5e-4)  # no bump: reset
     np.testing.assert_array_equal(k3[1], k2[1])
-    k4, _ = apply_bump(k3, targets, jnp.asarray(1), state, 5e-4)
+    k4, state = apply_bump(k3, targets, jnp.asarray(1), state, 5e-4)
     np.testing.assert_allclose(k4[1][:, 1] - k3[1][:, 1], 5e-4, rtol=1e-6)
+    # a layer that never fires: the doubling stops (it reached inf after ≈ 140 bumps in float32)
+    for _ in range(200):
+        k4, state = apply_bump(k4, targets, jnp.asarray(1), state, 5e-4)
+    assert float(state.value) == pytest.approx(5e-4 * 2.0**MAX_DOUBLINGS) and bool(jnp.all(jnp.isfinite(k4[1])))
 
 
 def test_drop_large_weight_grads():

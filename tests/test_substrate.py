@@ -24,6 +24,7 @@ from fsnn.train.loop import (
     evaluate_run,
     hyperparameters,
     load_data,
+    restore_run,
     train_and_evaluate,
 )
 from fsnn.train.sweep import group_key, sweep
@@ -280,6 +281,18 @@ def test_in_the_loop_training_is_not_stopped_by_dead_neurons():
     for times, live in zip(on_chip["times"], alive):  # the trainer's dead neurons are the chip's
         fired = jnp.any(jnp.isfinite(times), axis=0)
         assert not bool(jnp.any(fired & ~live)) and bool(jnp.any(fired))
+
+
+def test_a_chip_that_cannot_fire_is_said_and_its_run_stays_finite(tmp_path, capsys):
+    """A weight range (0.3 per weight) that cannot reach threshold: every batch is bumped. The run
+    said nothing, its bump doubled the weights to inf (after ≈ 140 bumps) and its figures failed."""
+    base = load_config("yinyang_substrate", smoke=True)
+    config = dataclasses.replace(base, substrate_weight_max=(0.3, 0.3), epochs=40)
+    train_and_evaluate(config, tmp_path / "run")
+    assert "fsnn: note: every batch of the last epoch was bumped (layer 1)" in capsys.readouterr().err
+    assert (tmp_path / "run" / "figures" / "weight_histograms.png").is_file()
+    _, _, state = restore_run(tmp_path / "run")
+    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(state.params))
 
 
 def test_sweep_groups_by_chip_code_and_reports_both_sides():

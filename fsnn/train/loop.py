@@ -779,6 +779,8 @@ def _train_and_evaluate(
     train_seconds = time.perf_counter() - t0 + sum(h.get("seconds", 0.0) for h in history)
     if progress is not None:
         progress.close()
+    if val is not None and not quiet:
+        _note_if_never_stepped(row["bumps"], math.ceil(x_train.shape[0] / config.batch_size))
     checkpoint.save(ckpt_dir, state)
 
     test = trainer.evaluate(state.params, *data["test"])
@@ -823,6 +825,19 @@ def _train_and_evaluate(
         times = [np.asarray(t) for t in test["times"]]
         save_figures(workdir, read_metrics(workdir), kernels, np.asarray(x_test), times, np.asarray(y_test))
     return results
+
+
+def _note_if_never_stepped(bumps: list[int], batches: int) -> None:
+    """Say so on stderr when weight bumping took every batch of the last epoch (``bumps`` per layer):
+    no optimizer step was taken, and the run's metrics alone do not tell why nothing is learnt."""
+    if sum(bumps) >= batches:
+        layers = ", ".join(str(i + 1) for i, b in enumerate(bumps) if b)
+        print(
+            f"fsnn: note: every batch of the last epoch was bumped (layer {layers}), so none took an optimizer "
+            "step: that layer stays too silent for `max_missing` whatever its weights (an `init` far too small, "
+            "or a substrate whose `substrate_weight_max` cannot reach threshold?).",
+            file=sys.stderr,
+        )
 
 
 def activity_summary(evaluation: dict, tau_us: float) -> dict[str, Any]:
